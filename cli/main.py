@@ -1,0 +1,71 @@
+"""Entry point of the `expfs` command.
+
+Start-up time matters (a cache-hit `repro` should end in a fraction of a
+second), so this module imports only argparse. Each command group lives in
+its own module, which registers its parsers and imports the library inside
+its handlers, so a store command never loads trio, pyfuse3 or YAML.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+# Modules that register command groups, in the order `--help` lists them.
+COMMAND_MODULES = ("expfs_cli.store_cmds",)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="expfs",
+        description="Run many ML experiments side by side, each in its own "
+        "copy-on-write folder over a content store.",
+    )
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="log more (repeat for debug)"
+    )
+    parser.add_argument(
+        "-C", dest="cwd", metavar="DIR", help="run as if started in DIR"
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    level = logging.WARNING - 10 * args.verbose
+    logging.basicConfig(
+        level=max(level, logging.DEBUG), format="%(levelname)s: %(message)s"
+    )
+    if args.cwd:
+        os.chdir(args.cwd)
+    from expfs.errors import ExpfsError
+
+    try:
+        code: int = args.handler(args)
+        return code
+    except ExpfsError as exc:
+        print(f"expfs: error: {exc.message}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("expfs: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # The reader of our output went away (`expfs ls | head`).
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,125 @@
+"""Check a store: re-hash every object and find what trees reference but lack."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from expfs.store.objects import Store, hash_file
+from expfs.store.trees import Kind, TreeFormatError, decode_tree, tree_digest
+
+log = logging.getLogger(__name__)
+
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+TMP_MAX_AGE_S = 24 * 3600
+
+
+@dataclass(frozen=True)
+class Problem:
+    kind: str  # "corrupt", "missing" or "stray"
+    digest: str
+    path: str
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.digest} {self.path}: {self.detail}"
+
+
+@dataclass
+class Report:
+    blobs_checked: int = 0
+    trees_checked: int = 0
+    bytes_checked: int = 0
+    tmp_removed: int = 0
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def fsck(store: Store, progress: Callable[[int, int], None] | None = None) -> Report:
+    """Re-hash every blob and tree and report each corrupt or missing object."""
+    report = Report()
+    report.tmp_removed = store.clean_tmp(TMP_MAX_AGE_S)
+    on_disk = _check_blob_files(store, report, progress)
+    for digest, _size in store.indexed_blobs():
+        if digest not in on_disk:
+            report.problems.append(
+                Problem(
+                    "missing",
+                    digest,
+                    store.blob_path(digest),
+                    "indexed blob has no file",
+                )
+            )
+    _check_trees(store, report, on_disk)
+    return report
+
+
+def _check_blob_files(
+    store: Store, report: Report, progress: Callable[[int, int], None] | None
+) -> set[str]:
+    on_disk: set[str] = set()
+    for name, path in store.iter_blob_files():
+        if (
+            not _HEX64.match(name)
+            or os.path.basename(os.path.dirname(path)) != name[:2]
+        ):
+            report.problems.append(Problem("stray", name, path, "not an object name"))
+            continue
+        on_disk.add(name)
+        try:
+            actual = hash_file(path)
+        except OSError as exc:
+            report.problems.append(Problem("corrupt", name, path, f"unreadable: {exc}"))
+            continue
+        report.blobs_checked += 1
+        report.bytes_checked += os.path.getsize(path)
+        if actual != name:
+            report.problems.append(
+                Problem("corrupt", name, path, f"content hashes to {actual}")
+            )
+        if progress is not None:
+            progress(report.blobs_checked, report.bytes_checked)
+    return on_disk
+
+
+def _check_trees(store: Store, report: Report, blobs: set[str]) -> None:
+    trees: dict[str, bytes] = dict(store.iter_trees())
+    where = f"{store.root}/index (trees)"
+    for digest, data in trees.items():
+        report.trees_checked += 1
+        if tree_digest(data) != digest:
+            report.problems.append(
+                Problem(
+                    "corrupt", digest, where, "tree encoding does not hash to its key"
+                )
+            )
+            continue
+        try:
+            entries = decode_tree(data)
+        except TreeFormatError as exc:
+            report.problems.append(Problem("corrupt", digest, where, str(exc)))
+            continue
+        for entry in entries:
+            present = (
+                entry.digest in trees or store.has_tree(entry.digest)
+                if entry.kind is Kind.DIRECTORY
+                else entry.digest in blobs
+            )
+            if not present:
+                name = os.fsdecode(entry.name)
+                report.problems.append(
+                    Problem(
+                        "missing",
+                        entry.digest,
+                        store.blob_path(entry.digest)
+                        if entry.kind is not Kind.DIRECTORY
+                        else where,
+                        f"referenced as {name!r} by tree {digest}",
+                    )
+                )

@@ -1,0 +1,64 @@
+"""The on-disk layout of a store: folders, files and LMDB databases.
+
+This module is the one description of what lives under `.expfs/`. Other
+modules take names from here instead of spelling paths or database names.
+
+Folders under the store root (`<repo>/.expfs/`):
+
+    FORMAT            the format version as text, beside the copy in `meta`
+    objects/ab/cd…    blobs: file content named by its BLAKE3 hex digest,
+                      sharded by the first two hex digits, mode 0444
+    index/            the shared LMDB environment (data.mdb, lock.mdb)
+    tmp/              blobs being written; a crash can leave files here,
+                      and `expfs fsck` removes those older than a day
+    workspaces/NAME/  one experiment's own LMDB environment and upper files
+    run/              control sockets of running daemons (mode 0700)
+    logs/             one log file per daemon
+    mnt/              default mount points
+
+Named databases in the shared index. Keys are bytes; LMDB keys are at most
+511 bytes, so anything keyed by a path or a name uses a digest of it.
+
+    meta        ascii key -> ascii value. `format`: the store format version.
+                Written by `expfs init`.
+    blobs       digest (32 raw bytes) -> size (u64 big-endian). One entry per
+                blob file, written after the file is renamed into place.
+                The file on disk is the truth; this index lets fsck notice
+                a blob that went missing.
+    trees       digest (32 raw bytes) -> canonical tree encoding (see
+                `expfs.store.trees`). A tree is written only after every
+                object it references is stored, so a tree's presence means
+                its whole content was complete when it was written.
+    statcache   BLAKE3(absolute path bytes) -> packed stat fields and the
+                blob digest (see `expfs.store.statcache`). Lets a snapshot
+                skip reading files whose size, mtime, ctime and inode did
+                not change.
+    gitmap      Git object id (20 or 32 raw bytes) -> digest (32 raw bytes)
+                of the same blob or tree in this store, so a commit is
+                read from Git's objects only once.
+"""
+
+from __future__ import annotations
+
+FORMAT_VERSION = 1
+
+STORE_DIRNAME = ".expfs"
+FORMAT_FILE = "FORMAT"
+OBJECTS_DIR = "objects"
+INDEX_DIR = "index"
+TMP_DIR = "tmp"
+WORKSPACES_DIR = "workspaces"
+RUN_DIR = "run"
+LOGS_DIR = "logs"
+MOUNTS_DIR = "mnt"
+
+DB_META = b"meta"
+DB_BLOBS = b"blobs"
+DB_TREES = b"trees"
+DB_STATCACHE = b"statcache"
+DB_GITMAP = b"gitmap"
+
+# Every named database of the shared index, opened together at start-up.
+SHARED_DATABASES = (DB_META, DB_BLOBS, DB_TREES, DB_STATCACHE, DB_GITMAP)
+
+META_FORMAT_KEY = b"format"

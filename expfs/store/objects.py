@@ -1,0 +1,364 @@
+"""The content store: immutable blobs on disk and trees in the shared index.
+
+A blob is written to `tmp/` under a unique name, fsynced, renamed to
+`objects/ab/<digest>`, made read-only, and only then recorded in the
+`blobs` database. Readers never see a partial blob. Two writers of the same
+content race harmlessly: the rename is atomic and both files are identical.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import struct
+import uuid
+from collections.abc import Iterable, Iterator
+from typing import BinaryIO
+
+import blake3
+
+from expfs.errors import CorruptObject, MissingObject, UnknownDigest
+from expfs.store import layout
+from expfs.store.lmdbenv import Environment
+from expfs.store.trees import (
+    EMPTY_TREE,
+    EMPTY_TREE_DIGEST,
+    Digest,
+    Entry,
+    decode_tree,
+    encode_tree,
+    raw,
+    tree_digest,
+)
+
+log = logging.getLogger(__name__)
+
+CHUNK_BYTES = 1 << 20
+# Files at least this large are hashed with BLAKE3's multithreaded mode;
+# below it, starting threads costs more than it saves.
+MULTITHREAD_MIN_BYTES = 8 << 20
+BLOB_MODE = 0o444
+_SIZE = struct.Struct(">Q")
+
+
+def new_hasher(size_hint: int = 0) -> blake3.blake3:
+    if size_hint >= MULTITHREAD_MIN_BYTES:
+        return blake3.blake3(max_threads=blake3.blake3.AUTO)
+    return blake3.blake3()
+
+
+def hash_file(path: str | bytes) -> Digest:
+    """Return the BLAKE3 digest of a file's bytes, multithreaded when large."""
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        hasher = new_hasher(size)
+        if size >= MULTITHREAD_MIN_BYTES:
+            hasher.update_mmap(path)
+        else:
+            _feed(hasher, f)
+    return Digest(hasher.hexdigest())
+
+
+def _feed(hasher: blake3.blake3, f: BinaryIO) -> None:
+    while chunk := f.read(CHUNK_BYTES):
+        hasher.update(chunk)
+
+
+def fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Store:
+    """Blobs and trees under one `.expfs/` folder."""
+
+    def __init__(self, root: str, env: Environment) -> None:
+        self.root = root
+        self.env = env
+        self.objects_dir = os.path.join(root, layout.OBJECTS_DIR)
+        self.tmp_dir = os.path.join(root, layout.TMP_DIR)
+
+    # -- blobs ---------------------------------------------------------------
+
+    def blob_path(self, digest: str) -> str:
+        return os.path.join(self.objects_dir, digest[:2], digest)
+
+    def has_blob(self, digest: str) -> bool:
+        return os.path.exists(self.blob_path(digest))
+
+    def _temp_path(self) -> str:
+        return os.path.join(self.tmp_dir, uuid.uuid4().hex)
+
+    def _install(self, temp: str, digest: Digest, size: int) -> Digest:
+        """Rename a fsynced temporary file into place as blob `digest`."""
+        final = self.blob_path(digest)
+        if os.path.exists(final):
+            os.unlink(temp)
+        else:
+            shard = os.path.dirname(final)
+            try:
+                os.mkdir(shard, 0o755)
+            except FileExistsError:
+                pass
+            os.chmod(temp, BLOB_MODE)
+            os.rename(temp, final)
+            fsync_dir(shard)
+        self.env.put(layout.DB_BLOBS, raw(digest), _SIZE.pack(size))
+        return digest
+
+    def put_bytes(self, data: bytes) -> Digest:
+        digest = Digest(new_hasher(len(data)).update(data).hexdigest())
+        if self.has_blob(digest):
+            return digest
+        temp = self._temp_path()
+        with open(temp, "xb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        return self._install(temp, digest, len(data))
+
+    def put_file(self, path: str | bytes, *, move: bool = False) -> Digest:
+        """Store a file's content and return its digest.
+
+        With `move=True` the caller gives the file up: when it lives on the
+        store's filesystem it is renamed into the store instead of copied.
+        Otherwise the bytes are hashed while they are copied, in one pass.
+        """
+        if move and self._same_filesystem(path):
+            digest = hash_file(path)
+            if self.has_blob(digest):
+                os.unlink(path)
+                return digest
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+                size = os.fstat(fd).st_size
+            finally:
+                os.close(fd)
+            return self._install(os.fsdecode(path), digest, size)
+        return self._copy_in(path)
+
+    def _same_filesystem(self, path: str | bytes) -> bool:
+        try:
+            return os.stat(path).st_dev == os.stat(self.tmp_dir).st_dev
+        except FileNotFoundError:
+            return False
+
+    def _copy_in(self, path: str | bytes) -> Digest:
+        temp = self._temp_path()
+        with open(path, "rb") as src:
+            size = os.fstat(src.fileno()).st_size
+            hasher = new_hasher(size)
+            with open(temp, "xb") as dst:
+                try:
+                    while chunk := src.read(CHUNK_BYTES):
+                        hasher.update(chunk)
+                        dst.write(chunk)
+                    dst.flush()
+                    os.fsync(dst.fileno())
+                    written = dst.tell()
+                except BaseException:
+                    os.unlink(temp)
+                    raise
+        digest = Digest(hasher.hexdigest())
+        return self._install(temp, digest, written)
+
+    def open_blob(self, digest: str) -> BinaryIO:
+        try:
+            return open(self.blob_path(digest), "rb")
+        except FileNotFoundError:
+            raise MissingObject(digest) from None
+
+    def read_blob(self, digest: str) -> bytes:
+        """Return a blob's bytes, verified against its digest."""
+        with self.open_blob(digest) as f:
+            data = f.read()
+        if Digest(new_hasher(len(data)).update(data).hexdigest()) != digest:
+            raise CorruptObject(digest, self.blob_path(digest))
+        return data
+
+    def copy_blob(self, digest: str, dest: str | bytes, mode: int) -> None:
+        """Write blob `digest` to a new file `dest`, verifying it on the way.
+
+        On a mismatch the partial file is removed and `CorruptObject` names
+        the blob, so a damaged object is never copied silently.
+        """
+        with self.open_blob(digest) as src:
+            hasher = new_hasher(os.fstat(src.fileno()).st_size)
+            fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                with os.fdopen(fd, "wb") as dst:
+                    while chunk := src.read(CHUNK_BYTES):
+                        hasher.update(chunk)
+                        dst.write(chunk)
+                    os.fchmod(dst.fileno(), mode)
+            except BaseException:
+                os.unlink(dest)
+                raise
+        if hasher.hexdigest() != digest:
+            os.unlink(dest)
+            raise CorruptObject(digest, self.blob_path(digest))
+
+    def verify_blob(self, digest: str) -> bool:
+        """Return True when the blob exists and hashes to its name."""
+        try:
+            return hash_file(self.blob_path(digest)) == digest
+        except FileNotFoundError:
+            return False
+
+    def iter_blob_files(self) -> Iterator[tuple[str, str]]:
+        """Yield (name, path) of every file under `objects/`."""
+        try:
+            shards = sorted(os.listdir(self.objects_dir))
+        except FileNotFoundError:
+            return
+        for shard in shards:
+            shard_path = os.path.join(self.objects_dir, shard)
+            if not os.path.isdir(shard_path):
+                continue
+            for name in sorted(os.listdir(shard_path)):
+                yield name, os.path.join(shard_path, name)
+
+    def indexed_blobs(self) -> list[tuple[Digest, int]]:
+        handle = self.env.db(layout.DB_BLOBS)
+
+        def collect(txn: object) -> list[tuple[Digest, int]]:
+            cursor = txn.cursor(db=handle)  # type: ignore[attr-defined]
+            return [(Digest(k.hex()), _SIZE.unpack(v)[0]) for k, v in cursor]
+
+        return self.env.read(collect)
+
+    # -- trees ---------------------------------------------------------------
+
+    def put_tree(self, entries: Iterable[Entry]) -> Digest:
+        """Store a tree whose referenced objects are already stored."""
+        encoded = encode_tree(entries)
+        digest = tree_digest(encoded)
+        key = raw(digest)
+        handle = self.env.db(layout.DB_TREES)
+
+        def write(txn: object) -> None:
+            txn.put(key, encoded, db=handle, overwrite=False)  # type: ignore[attr-defined]
+
+        self.env.write(write)
+        return digest
+
+    def put_trees(self, encoded_trees: Iterable[tuple[Digest, bytes]]) -> None:
+        """Store several already-encoded trees in one transaction."""
+        items = [(raw(d), data) for d, data in encoded_trees]
+        handle = self.env.db(layout.DB_TREES)
+
+        def write(txn: object) -> None:
+            for key, data in items:
+                txn.put(key, data, db=handle, overwrite=False)  # type: ignore[attr-defined]
+
+        self.env.write(write)
+
+    def tree_bytes(self, digest: str) -> bytes | None:
+        if digest == EMPTY_TREE_DIGEST:
+            return EMPTY_TREE
+        return self.env.get(layout.DB_TREES, raw(digest))
+
+    def has_tree(self, digest: str) -> bool:
+        return self.tree_bytes(digest) is not None
+
+    def get_tree(self, digest: str) -> list[Entry]:
+        data = self.tree_bytes(digest)
+        if data is None:
+            raise MissingObject(digest)
+        if tree_digest(data) != digest:
+            raise CorruptObject(digest, f"{self.root}/index (trees)")
+        return decode_tree(data)
+
+    def iter_trees(self) -> Iterator[tuple[Digest, bytes]]:
+        handle = self.env.db(layout.DB_TREES)
+
+        def collect(txn: object) -> list[tuple[Digest, bytes]]:
+            cursor = txn.cursor(db=handle)  # type: ignore[attr-defined]
+            return [(Digest(k.hex()), bytes(v)) for k, v in cursor]
+
+        yield from self.env.read(collect)
+
+    def delete_tree(self, digest: str) -> None:
+        handle = self.env.db(layout.DB_TREES)
+        self.env.write(lambda txn: txn.delete(raw(digest), db=handle))
+
+    # -- names ---------------------------------------------------------------
+
+    def resolve(self, name: str) -> Digest:
+        """Expand a digest or a unique prefix of at least 4 hex digits."""
+        name = name.strip().lower()
+        if len(name) < 4 or any(c not in "0123456789abcdef" for c in name):
+            raise UnknownDigest(
+                f"{name!r} is not a digest: give 4 to 64 hex digits, as printed "
+                "by `expfs snapshot`"
+            )
+        if len(name) == 64:
+            if self.has_tree(name) or self.has_blob(name):
+                return Digest(name)
+            raise UnknownDigest(f"no object {name} in the store at {self.root}")
+        matches = set(self._tree_prefix_matches(name))
+        shard = os.path.join(self.objects_dir, name[:2])
+        if os.path.isdir(shard):
+            matches.update(Digest(n) for n in os.listdir(shard) if n.startswith(name))
+        if not matches:
+            raise UnknownDigest(f"no object starting with {name} in {self.root}")
+        if len(matches) > 1:
+            raise UnknownDigest(
+                f"digest prefix {name} is ambiguous ({len(matches)} objects): "
+                "give more digits"
+            )
+        return matches.pop()
+
+    def _tree_prefix_matches(self, prefix: str) -> list[Digest]:
+        handle = self.env.db(layout.DB_TREES)
+        low = bytes.fromhex(prefix + "0" * (len(prefix) % 2))
+
+        def scan(txn: object) -> list[Digest]:
+            cursor = txn.cursor(db=handle)  # type: ignore[attr-defined]
+            found: list[Digest] = []
+            if not cursor.set_range(low):
+                return found
+            for key in cursor.iternext(keys=True, values=False):
+                hexkey = key.hex()
+                if not hexkey.startswith(prefix):
+                    if hexkey > prefix:
+                        break
+                    continue
+                found.append(Digest(hexkey))
+            return found
+
+        return self.env.read(scan)
+
+    # -- housekeeping --------------------------------------------------------
+
+    def remove_blob(self, digest: str) -> None:
+        path = self.blob_path(digest)
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        handle = self.env.db(layout.DB_BLOBS)
+        self.env.write(lambda txn: txn.delete(raw(digest), db=handle))
+
+    def clean_tmp(self, older_than_s: float) -> int:
+        """Remove temporary files left by crashed writers; return how many."""
+        import time
+
+        removed = 0
+        cutoff = time.time() - older_than_s
+        for entry in os.scandir(self.tmp_dir):
+            try:
+                if entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                    if entry.is_dir(follow_symlinks=False):
+                        shutil.rmtree(entry.path)
+                    else:
+                        os.unlink(entry.path)
+                    removed += 1
+            except FileNotFoundError:
+                continue
+        return removed

@@ -1,0 +1,1 @@
+"""Snapshots: build trees from folders and Git commits, diff them, write them out."""
