@@ -112,8 +112,8 @@ class Environment:
 
     def get(self, db: bytes, key: bytes) -> bytes | None:
         handle = self.dbs[db]
-        value: bytes | None = self.read(lambda txn: txn.get(key, db=handle))
-        return value
+        value = self.read(lambda txn: txn.get(key, db=handle))
+        return None if value is None else bytes(value)
 
     def put(self, db: bytes, key: bytes, value: bytes) -> None:
         handle = self.dbs[db]

@@ -54,7 +54,9 @@ def hash_file(path: str | bytes) -> Digest:
         size = os.fstat(f.fileno()).st_size
         hasher = new_hasher(size)
         if size >= MULTITHREAD_MIN_BYTES:
-            hasher.update_mmap(path)
+            # update_mmap takes only str paths; fsdecode keeps non-UTF-8
+            # bytes as surrogate escapes, which blake3 maps back.
+            hasher.update_mmap(os.fsdecode(path))
         else:
             _feed(hasher, f)
     return Digest(hasher.hexdigest())

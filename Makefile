@@ -1,0 +1,46 @@
+# Set-up, demo and tests. Both main targets work on a bare Debian machine as
+# root and are idempotent: system packages are installed only when missing,
+# and the virtual environment is rebuilt only when pyproject.toml changes.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+
+PYTHON ?= python3
+VENV := .venv
+STAMP := $(VENV)/.installed
+# pyfuse3 has no wheel, so pip builds it against libfuse3 with gcc.
+APT_PACKAGES := fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv git
+# Extra pytest arguments, e.g. make test PYTEST_ARGS='-m "not fuse" -x'.
+PYTEST_ARGS ?=
+
+.PHONY: demo test lint system-packages venv
+
+demo: venv
+	scripts/demo.sh $(VENV)/bin/expfs
+
+test: lint
+	scripts/run-pytest.sh $(VENV)/bin/python $(PYTEST_ARGS)
+
+lint: venv
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+venv: system-packages $(STAMP)
+
+system-packages:
+	@missing=""; \
+	for pkg in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' "$$pkg" 2>/dev/null | grep -q 'ok installed' || \
+	    missing="$$missing $$pkg"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  apt-get update -q; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing </dev/null; \
+	fi
+
+$(STAMP): pyproject.toml
+	@[ -x $(VENV)/bin/python ] || $(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); exit 1; }
+	$(VENV)/bin/pip install -q --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)

@@ -1,0 +1,65 @@
+"""Fixtures shared by every test: an isolated Git identity, repositories, stores.
+
+Tests that mount must mount below their `tmp_path`: `make test` fails a run
+that leaves any mount under the pytest base folder.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from expfs.store import Store, init_store
+from expfs.store.lmdbenv import close_environment
+
+
+@pytest.fixture(autouse=True, scope="session")
+def isolated_git(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Give Git a fixed identity and no user or system configuration."""
+    home = tmp_path_factory.mktemp("git-home")
+    config = home / "gitconfig"
+    config.write_text("[init]\n\tdefaultBranch = main\n")
+    saved = dict(os.environ)
+    os.environ.update(
+        GIT_CONFIG_GLOBAL=str(config),
+        GIT_CONFIG_NOSYSTEM="1",
+        GIT_AUTHOR_NAME="expfs tests",
+        GIT_AUTHOR_EMAIL="tests@example.invalid",
+        GIT_COMMITTER_NAME="expfs tests",
+        GIT_COMMITTER_EMAIL="tests@example.invalid",
+    )
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+def git(repo: Path | str, *args: str) -> str:
+    """Run git in `repo` and return its standard output."""
+    proc = subprocess.run(
+        ["git", "-C", str(repo), *args], capture_output=True, text=True, check=True
+    )
+    return proc.stdout
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    """A Git repository with one commit holding README."""
+    root = tmp_path / "repo"
+    root.mkdir()
+    git(root, "init", "-q")
+    (root / "README").write_text("seed\n")
+    git(root, "add", "README")
+    git(root, "commit", "-qm", "seed")
+    return root
+
+
+@pytest.fixture
+def store(repo: Path) -> Iterator[Store]:
+    """An initialized store in `repo`, closed after the test."""
+    created, _ = init_store(str(repo))
+    yield created
+    close_environment(os.path.join(created.root, "index"))
