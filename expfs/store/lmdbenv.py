@@ -47,7 +47,9 @@ os.register_at_fork(after_in_child=_forget_after_fork)
 class Environment:
     """One LMDB environment with its named databases and retrying writers."""
 
-    def __init__(self, path: str, databases: Iterable[bytes]) -> None:
+    def __init__(
+        self, path: str, databases: Iterable[bytes], *, sync: bool = True
+    ) -> None:
         os.makedirs(path, mode=0o700, exist_ok=True)
         self.path = path
         self.env = lmdb.open(
@@ -58,6 +60,7 @@ class Environment:
             subdir=True,
             lock=True,
             readahead=False,
+            sync=sync,
         )
         self._grow_lock = threading.Lock()
         self.dbs: dict[bytes, lmdb._Database] = {}
@@ -126,13 +129,21 @@ class Environment:
         self.env.close()
 
 
-def open_environment(path: str, databases: Iterable[bytes]) -> Environment:
-    """Return this process's environment at `path`, opening it on first use."""
+def open_environment(
+    path: str, databases: Iterable[bytes], *, sync: bool = True
+) -> Environment:
+    """Return this process's environment at `path`, opening it on first use.
+
+    With `sync=False` a commit does not flush to disk. A killed process loses
+    nothing, but a system crash can lose recent commits or corrupt the
+    environment (LMDB's MDB_NOSYNC), so such a caller calls
+    `Environment.sync()` wherever it promises durability.
+    """
     key = (os.path.realpath(path), os.getpid())
     with _environments_lock:
         env = _environments.get(key)
         if env is None:
-            env = Environment(path, databases)
+            env = Environment(path, databases, sync=sync)
             _environments[key] = env
         return env
 
