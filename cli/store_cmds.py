@@ -209,6 +209,8 @@ def cmd_fsck(args: argparse.Namespace) -> int:
     _end_progress()
     for problem in report.problems:
         print(problem)
+    if report.reindexed:
+        print(f"re-indexed {report.reindexed} blob files that had no index entry")
     print(
         f"checked {report.blobs_checked} blobs ({report.bytes_checked} bytes) and "
         f"{report.trees_checked} trees: {len(report.problems)} problems"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 
 from expfs.store.objects import Store, hash_file
@@ -34,6 +34,7 @@ class Report:
     trees_checked: int = 0
     bytes_checked: int = 0
     tmp_removed: int = 0
+    reindexed: int = 0
     problems: list[Problem] = field(default_factory=list)
 
     @property
@@ -46,7 +47,8 @@ def fsck(store: Store, progress: Callable[[int, int], None] | None = None) -> Re
     report = Report()
     report.tmp_removed = store.clean_tmp(TMP_MAX_AGE_S)
     on_disk = _check_blob_files(store, report, progress)
-    for digest, _size in store.indexed_blobs():
+    indexed = dict(store.indexed_blobs())
+    for digest in indexed:
         if digest not in on_disk:
             report.problems.append(
                 Problem(
@@ -56,14 +58,33 @@ def fsck(store: Store, progress: Callable[[int, int], None] | None = None) -> Re
                     "indexed blob has no file",
                 )
             )
-    _check_trees(store, report, on_disk)
+    _reindex_blobs(store, report, on_disk.keys() - indexed.keys())
+    _check_trees(store, report, on_disk.keys())
     return report
+
+
+def _reindex_blobs(store: Store, report: Report, digests: Iterable[str]) -> None:
+    """Index blob files that a writer renamed into place but did not record.
+
+    A writer killed between the rename and the index write leaves such a
+    file; it is complete (it was fsynced before the rename), so it is kept.
+    """
+    corrupt = {p.digest for p in report.problems if p.kind == "corrupt"}
+    healthy = sorted(d for d in digests if d not in corrupt)
+    for digest in healthy:
+        size = os.path.getsize(store.blob_path(digest))
+        store.index_blob(digest, size)
+        log.info(
+            "re-indexed blob %s (%d bytes): its file had no index entry", digest, size
+        )
+    report.reindexed = len(healthy)
 
 
 def _check_blob_files(
     store: Store, report: Report, progress: Callable[[int, int], None] | None
-) -> set[str]:
-    on_disk: set[str] = set()
+) -> dict[str, str]:
+    """Re-hash every blob file; return {digest: path} of those with object names."""
+    on_disk: dict[str, str] = {}
     for name, path in store.iter_blob_files():
         if (
             not _HEX64.match(name)
@@ -71,7 +92,7 @@ def _check_blob_files(
         ):
             report.problems.append(Problem("stray", name, path, "not an object name"))
             continue
-        on_disk.add(name)
+        on_disk[name] = path
         try:
             actual = hash_file(path)
         except OSError as exc:
@@ -88,7 +109,7 @@ def _check_blob_files(
     return on_disk
 
 
-def _check_trees(store: Store, report: Report, blobs: set[str]) -> None:
+def _check_trees(store: Store, report: Report, blobs: Collection[str]) -> None:
     trees: dict[str, bytes] = dict(store.iter_trees())
     where = f"{store.root}/index (trees)"
     for digest, data in trees.items():

@@ -109,8 +109,12 @@ class Store:
             os.chmod(temp, BLOB_MODE)
             os.rename(temp, final)
             fsync_dir(shard)
-        self.env.put(layout.DB_BLOBS, raw(digest), _SIZE.pack(size))
+        self.index_blob(digest, size)
         return digest
+
+    def index_blob(self, digest: str, size: int) -> None:
+        """Record a blob file that is in place in the `blobs` database."""
+        self.env.put(layout.DB_BLOBS, raw(digest), _SIZE.pack(size))
 
     def put_bytes(self, data: bytes) -> Digest:
         digest = Digest(new_hasher(len(data)).update(data).hexdigest())
@@ -294,7 +298,7 @@ class Store:
     def resolve(self, name: str) -> Digest:
         """Expand a digest or a unique prefix of at least 4 hex digits."""
         name = name.strip().lower()
-        if len(name) < 4 or any(c not in "0123456789abcdef" for c in name):
+        if not 4 <= len(name) <= 64 or any(c not in "0123456789abcdef" for c in name):
             raise UnknownDigest(
                 f"{name!r} is not a digest: give 4 to 64 hex digits, as printed "
                 "by `expfs snapshot`"

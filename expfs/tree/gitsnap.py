@@ -79,13 +79,14 @@ def _cat_blobs(store: Store, repo: str, oids: list[bytes]) -> dict[bytes, Digest
     found: dict[bytes, Digest] = {}
     if not oids:
         return found
-    proc = subprocess.Popen(
+    # Leaving the `with` block closes both pipes and waits for git, also
+    # when a read fails halfway.
+    with subprocess.Popen(
         ["git", "-C", repo, "cat-file", "--batch"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
-    )
-    assert proc.stdin is not None and proc.stdout is not None
-    try:
+    ) as proc:
+        assert proc.stdin is not None and proc.stdout is not None
         for oid in oids:
             proc.stdin.write(oid + b"\n")
             proc.stdin.flush()
@@ -96,9 +97,6 @@ def _cat_blobs(store: Store, repo: str, oids: list[bytes]) -> dict[bytes, Digest
             data = proc.stdout.read(size)
             proc.stdout.read(1)
             found[oid] = store.put_bytes(data)
-    finally:
-        proc.stdin.close()
-        proc.wait()
     return found
 
 
