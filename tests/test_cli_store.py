@@ -206,13 +206,13 @@ def test_vanished_file_mid_snapshot(
 ) -> None:
     from expfs.store.objects import Store
 
-    original = Store.put_file
+    original = Store._copy_to_temp
 
-    def vanish(self: Store, path: str | bytes, *, move: bool = False) -> str:
+    def vanish(self: Store, path: str | bytes) -> tuple[str, str, int]:
         os.unlink(path)
-        return original(self, path, move=move)
+        return original(self, path)
 
-    monkeypatch.setattr(Store, "put_file", vanish)
+    monkeypatch.setattr(Store, "_copy_to_temp", vanish)
     code, out, err = run_cli(initialized, "snapshot", "d", capsys=capsys)
     assert code == 1
     assert "vanished while it was being snapshotted" in err

@@ -129,15 +129,15 @@ def test_socket_skipped_with_warning(
 
 
 def count_reads(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
-    """Record every path that a snapshot reads through Store.put_file."""
+    """Record every file that the store reads (copies into tmp/) from now on."""
     reads: list[bytes] = []
-    original = StoreClass.put_file
+    original = StoreClass._copy_to_temp
 
-    def spy(self: Store, path: str | bytes, *, move: bool = False) -> str:
+    def spy(self: Store, path: str | bytes) -> tuple[str, str, int]:
         reads.append(os.fsencode(path))
-        return original(self, path, move=move)
+        return original(self, path)
 
-    monkeypatch.setattr(StoreClass, "put_file", spy)
+    monkeypatch.setattr(StoreClass, "_copy_to_temp", spy)
     return reads
 
 
@@ -193,31 +193,52 @@ def test_vanishing_file_fails_snapshot(
     store: Store, repo: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     data = make_folder(repo)
-    original = StoreClass.put_file
+    original = StoreClass._copy_to_temp
 
-    def vanish(self: Store, path: str | bytes, *, move: bool = False) -> str:
-        os.unlink(path)
-        return original(self, path, move=move)
+    def vanish(self: Store, path: str | bytes) -> tuple[str, str, int]:
+        if os.path.basename(path) == b"b.txt":
+            os.unlink(path)
+        return original(self, path)
 
-    monkeypatch.setattr(StoreClass, "put_file", vanish)
+    monkeypatch.setattr(StoreClass, "_copy_to_temp", vanish)
     trees_before = len(list(store.iter_trees()))
-    with pytest.raises(SnapshotError, match="vanished"):
+    with pytest.raises(SnapshotError, match="b.txt vanished"):
         snapshot_path(store, str(data))
     assert len(list(store.iter_trees())) == trees_before
+    assert os.listdir(os.path.join(store.root, "tmp")) == []
 
 
 def test_file_changed_during_read_fails(
     store: Store, repo: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     data = make_folder(repo)
-    original = StoreClass.put_file
+    original = StoreClass._copy_to_temp
 
-    def grow(self: Store, path: str | bytes, *, move: bool = False) -> str:
-        digest = original(self, path, move=move)
+    def grow(self: Store, path: str | bytes) -> tuple[str, str, int]:
+        staged = original(self, path)
         with open(path, "ab") as f:
             f.write(b"appended while reading\n")
-        return digest
+        return staged
 
-    monkeypatch.setattr(StoreClass, "put_file", grow)
+    monkeypatch.setattr(StoreClass, "_copy_to_temp", grow)
     with pytest.raises(SnapshotError, match="changed while"):
         snapshot_path(store, str(data))
+
+
+def test_many_files_in_batches(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("expfs.tree.snapshot.BATCH_FILES", 7)
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(50):
+        (folder / f"f{i:02}").write_text(f"file {i}\n" if i % 10 else "same\n")
+    digest = snapshot_path(store, str(folder))
+    entries = store.get_tree(digest)
+    assert len(entries) == 50
+    for entry in entries:
+        i = int(entry.name[1:])
+        expected = f"file {i}\n" if i % 10 else "same\n"
+        assert store.read_blob(entry.digest) == expected.encode()
+    assert (blake3.blake3(b"same\n").hexdigest(), 5) in store.indexed_blobs()
+    assert os.listdir(os.path.join(store.root, "tmp")) == []

@@ -11,7 +11,7 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from expfs.errors import SnapshotError, UsageError
@@ -93,6 +93,12 @@ def _changed(path: bytes) -> SnapshotError:
     )
 
 
+# Files stored per batch: their fsyncs overlap and they are indexed in one
+# transaction, while a crash leaves at most this many temporary files.
+BATCH_FILES = 512
+BATCH_BYTES = 256 << 20
+
+
 def store_files(
     store: Store,
     root: bytes,
@@ -103,26 +109,72 @@ def store_files(
     cache = StatCache(store.env)
     absolute = {rel: os.path.join(root, rel) for rel in files}
     known = cache.lookup_many((absolute[rel], st) for rel, st in files.items())
-    entries: dict[bytes, Entry] = {}
+    digests: dict[bytes, Digest] = {}
+    pending: list[bytes] = []
+    for rel in files:
+        digest = known.get(absolute[rel])
+        if digest is not None and store.has_blob(digest):
+            digests[rel] = digest
+        else:
+            pending.append(rel)
+
     fresh: list[tuple[bytes, os.stat_result, Digest]] = []
     started_ns = time.time_ns()
-    done = bytes_read = 0
-    total = len(files)
-    for rel, st in files.items():
-        path = absolute[rel]
-        digest = known.get(path)
-        if digest is None or not store.has_blob(digest):
-            digest = _store_one(store, path, st)
+    bytes_read = 0
+    for batch in _batches(pending, files):
+        stored = _store_batch(store, [absolute[rel] for rel in batch], files, batch)
+        for rel, digest in zip(batch, stored, strict=True):
+            st = files[rel]
+            digests[rel] = digest
             bytes_read += st.st_size
             if started_ns - st.st_ctime_ns > RACY_WINDOW_NS:
-                fresh.append((path, st, digest))
-        mode = stat.S_IMODE(st.st_mode)
-        entries[rel] = Entry(os.path.basename(rel), Kind.FILE, mode, digest, st.st_size)
-        done += 1
-        if progress is not None and (done % 256 == 0 or done == total):
-            progress(done, total, bytes_read)
+                fresh.append((absolute[rel], st, digest))
+        if progress is not None:
+            progress(len(digests), len(files), bytes_read)
     cache.record_many(fresh)
+
+    entries: dict[bytes, Entry] = {}
+    for rel, st in files.items():
+        mode = stat.S_IMODE(st.st_mode)
+        name = os.path.basename(rel)
+        entries[rel] = Entry(name, Kind.FILE, mode, digests[rel], st.st_size)
     return entries
+
+
+def _batches(
+    pending: list[bytes], files: dict[bytes, os.stat_result]
+) -> Iterator[list[bytes]]:
+    batch: list[bytes] = []
+    size = 0
+    for rel in pending:
+        batch.append(rel)
+        size += files[rel].st_size
+        if len(batch) >= BATCH_FILES or size >= BATCH_BYTES:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
+
+
+def _store_batch(
+    store: Store,
+    paths: list[bytes],
+    files: dict[bytes, os.stat_result],
+    batch: list[bytes],
+) -> list[Digest]:
+    """Store a batch of files, failing if any vanished or changed meanwhile."""
+    try:
+        digests = store.put_files(paths)
+    except FileNotFoundError as exc:
+        raise _vanished(exc.filename or paths[0]) from None
+    for rel, path in zip(batch, paths, strict=True):
+        try:
+            after = os.lstat(path)
+        except FileNotFoundError:
+            raise _vanished(path) from None
+        if stat_fields(after) != stat_fields(files[rel]):
+            raise _changed(path)
+    return digests
 
 
 def _store_one(store: Store, path: bytes, before: os.stat_result) -> Digest:
