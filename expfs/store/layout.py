@@ -15,6 +15,8 @@ Folders under the store root (`<repo>/.expfs/`):
     run/              control sockets of running daemons (mode 0700)
     logs/             one log file per daemon
     mnt/              default mount points
+    worktrees/NAME/   an experiment's Git worktree: only Git's `.git` file,
+                      which a mount of the experiment links to
 
 Named databases in the shared index. Keys are bytes; LMDB keys are at most
 511 bytes, so anything keyed by a path or a name uses a digest of it.
@@ -36,6 +38,13 @@ Named databases in the shared index. Keys are bytes; LMDB keys are at most
     gitmap      Git object id (20 or 32 raw bytes) -> digest (32 raw bytes)
                 of the same blob or tree in this store, so a commit is
                 read from Git's objects only once.
+    experiments experiment name (UTF-8, at most 100 bytes) -> JSON record
+                (see `expfs.experiments`): base digest, base commit,
+                creation time, status and the git folder of its worktree.
+                Written by `expfs exp new` and `expfs exp remove`.
+    runs        run key (32 raw bytes) -> JSON `RunRecord` (see
+                `expfs.runcache`): the outputs, metrics and timing of the
+                last successful run with that key. Written by repro.
 """
 
 from __future__ import annotations
@@ -57,8 +66,18 @@ DB_BLOBS = b"blobs"
 DB_TREES = b"trees"
 DB_STATCACHE = b"statcache"
 DB_GITMAP = b"gitmap"
+DB_EXPERIMENTS = b"experiments"
+DB_RUNS = b"runs"
 
 # Every named database of the shared index, opened together at start-up.
-SHARED_DATABASES = (DB_META, DB_BLOBS, DB_TREES, DB_STATCACHE, DB_GITMAP)
+SHARED_DATABASES = (
+    DB_META,
+    DB_BLOBS,
+    DB_TREES,
+    DB_STATCACHE,
+    DB_GITMAP,
+    DB_RUNS,
+    DB_EXPERIMENTS,
+)
 
 META_FORMAT_KEY = b"format"
