@@ -91,6 +91,8 @@ RENAME_EXCHANGE = 2
 # Files at least this large are copied up in a worker thread by the FUSE
 # layer; smaller ones are copied inline.
 THREADED_COPY_MIN_BYTES = 1 << 20
+# Inodes kept in memory without a kernel reference, before `forget` trims.
+MAX_IDLE_NODES = 100_000
 _ACL_XATTRS = (b"system.posix_acl_access", b"system.posix_acl_default")
 
 
@@ -358,11 +360,19 @@ class Workspace:
         return Node(ROOT_INO, record)
 
     def _keep(self, node: Node) -> Node:
-        # Directories stay in memory, so that every step of one operation
-        # (parents, dirty marks, link counts) changes the same object.
-        if node.record.is_dir:
-            self.nodes[node.ino] = node
+        # Every inode loaded stays in memory until `_trim` drops it, so all
+        # steps of all operations change the same object.
+        self.nodes[node.ino] = node
         return node
+
+    def _trim(self) -> None:
+        """Drop inodes nobody holds once there are too many in memory."""
+        if len(self.nodes) <= MAX_IDLE_NODES:
+            return
+        for node in list(self.nodes.values()):
+            if not (node.lookups or node.opens or node.unsaved or node.orphan):
+                if node.ino != ROOT_INO:
+                    del self.nodes[node.ino]
 
     def _loaded(self, ino: int, data: bytes) -> Node:
         record = decode_record(data)
@@ -530,6 +540,7 @@ class Workspace:
             return
         node.lookups = max(0, node.lookups - count)
         self._release_if_unused(node)
+        self._trim()
 
     def _release_if_unused(self, node: Node) -> None:
         if node.lookups or node.opens or node.ino == ROOT_INO:
