@@ -3,7 +3,8 @@
 This module is the only place that raises `FUSEError`. The workspace raises
 domain exceptions; `ERRNO_BY_ERROR` maps each to an errno, an `OSError` from
 an upper file keeps its errno, and anything else is logged at ERROR with the
-operation and inode and answered with EIO, so the daemon keeps serving.
+operation and inode and returned to the kernel as EIO, so the daemon keeps
+serving.
 
 Not supported, by design or because pyfuse3 3.5 has no handler for it:
 O_TMPFILE (EOPNOTSUPP from the kernel), SEEK_HOLE/SEEK_DATA (no lseek

@@ -45,6 +45,25 @@ Named databases in the shared index. Keys are bytes; LMDB keys are at most
     runs        run key (32 raw bytes) -> JSON `RunRecord` (see
                 `expfs.runcache`): the outputs, metrics and timing of the
                 last successful run with that key. Written by repro.
+
+A workspace's own LMDB environment, `workspaces/NAME/lmdb/`, written only
+by the process that serves the workspace (it holds `workspaces/NAME/lock`
+with flock). Its upper files are `workspaces/NAME/upper/<ino>`. Integers
+are big-endian; `expfs.workspace.inodes` encodes and decodes every value.
+
+    meta        b"workspace" -> base tree digest (32 raw bytes), creation
+                time (u64 ns), next inode number (u64), owner uid and gid
+                (u32 each). Written once at creation, then the counter.
+    inodes      ino (u64) -> inode record: mode, owner, size, times, link
+                count, parent, flags (upper file, dirty directory) and the
+                base blob or tree digest or a symlink target. Written only
+                for inodes that changed; others come from base trees.
+    dirents     parent ino (u64) + name -> child ino (u64), or 0 for a
+                whiteout that hides a name of the parent's base tree.
+    xattrs      ino (u64) + attribute name -> value.
+    orphans     ino (u64) -> b"": inodes whose last name was removed while
+                the kernel still used them; dropped once it releases and
+                forgets them, or when the workspace is opened after a crash.
 """
 
 from __future__ import annotations

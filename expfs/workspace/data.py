@@ -1,6 +1,6 @@
 """Upper files: the private copies of files changed in a workspace.
 
-`upper/<ino>` holds the bytes of a file once it has been written to. It is
+`upper/<ino>` contains the bytes of a file once it has been written to. It is
 created empty (a new file, or an open with O_TRUNC) or as a copy of the
 file's blob, written under `upper/<ino>.tmp` and renamed into place, so a
 crash never leaves a partial copy under the final name. Blobs are only ever
@@ -62,12 +62,12 @@ class UpperFiles:
             except FileNotFoundError:
                 pass
 
-    def remove_strays(self, wanted: set[int]) -> int:
-        """Delete temporary files and files of inodes not in `wanted`."""
+    def remove_strays(self, keep: set[int]) -> int:
+        """Delete temporary files and files of inodes not in `keep`."""
         removed = 0
         for name in os.listdir(self.folder):
             stem = name.removesuffix(_TEMP_SUFFIX)
-            if name == stem and stem.isdigit() and int(stem) in wanted:
+            if name == stem and stem.isdigit() and int(stem) in keep:
                 continue
             os.unlink(os.path.join(self.folder, name))
             removed += 1

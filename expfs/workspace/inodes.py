@@ -214,7 +214,7 @@ _TYPE_BITS = {
 
 
 def record_from_entry(entry: Entry, parent: int, meta: Meta) -> Record:
-    """Return the record of a base entry nobody has changed yet.
+    """Return the record of a base entry that has not changed yet.
 
     Its times are the workspace's creation time, so they stay the same
     across remounts without being stored.

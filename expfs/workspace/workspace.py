@@ -98,7 +98,7 @@ _ACL_XATTRS = (b"system.posix_acl_access", b"system.posix_acl_default")
 
 @dataclass(eq=False)
 class Node:
-    """An inode in memory: its record and what the kernel holds of it."""
+    """An inode in memory: its record, kernel references and open handles."""
 
     ino: Ino
     record: Record
@@ -264,8 +264,8 @@ class Workspace:
                 self.name,
                 len(orphans),
             )
-        wanted = set(self._upper_inos())
-        removed = self.upper.remove_strays(wanted)
+        keep = set(self._upper_inos())
+        removed = self.upper.remove_strays(keep)
         if removed:
             log.warning(
                 "workspace %s: removed %d stray upper files", self.name, removed
@@ -366,7 +366,7 @@ class Workspace:
         return node
 
     def _trim(self) -> None:
-        """Drop inodes nobody holds once there are too many in memory."""
+        """Drop unreferenced, saved inodes once too many are in memory."""
         if len(self.nodes) <= MAX_IDLE_NODES:
             return
         for node in list(self.nodes.values()):
@@ -641,7 +641,7 @@ class Workspace:
             self._close_fd(node)
 
     def _drop_tree(self, batch: Batch, directory: Node) -> None:
-        """Drop what the overlay holds below a directory being removed."""
+        """Drop the overlay records and dirents below a directory being removed."""
         if directory.record.dirty or directory.record.digest is None:
             for item in self.entries(directory).values():
                 child = self._entry_node(directory, item)
