@@ -67,7 +67,7 @@ def _reindex_blobs(store: Store, report: Report, digests: Iterable[str]) -> None
     """Index blob files that a writer renamed into place but did not record.
 
     A writer killed between the rename and the index write leaves such a
-    file; it is complete (it was fsynced before the rename), so it is kept.
+    file. It was fsynced before the rename, so its content is complete.
     """
     corrupt = {p.digest for p in report.problems if p.kind == "corrupt"}
     healthy = sorted(d for d in digests if d not in corrupt)
