@@ -127,3 +127,25 @@ def test_params_file_not_a_mapping(tmp_path: Path) -> None:
     path.write_text("- 1\n- 2\n")
     with pytest.raises(ParamsError, match="contains a list, not a mapping"):
         read_params(path)
+
+
+def test_stage_params_by_file(tmp_path: Path) -> None:
+    from expfs.pipeline import load_pipeline
+    from expfs.pipeline.params import read_stage_params
+
+    (tmp_path / "params.yaml").write_text("train: {lr: 0.1, depth: 3}\n")
+    (tmp_path / "p.json").write_text('{"a": 1, "b": {"c": 2}}')
+    (tmp_path / "dvc.yaml").write_text(
+        "stages:\n  s:\n    cmd: x\n    params:\n      - train.lr\n      - p.json: []\n"
+    )
+    stage = load_pipeline(tmp_path / "dvc.yaml").stages["s"]
+    assert read_stage_params(stage, tmp_path) == {
+        "params.yaml": {"train.lr": 0.1},
+        "p.json": {"a": 1, "b": {"c": 2}},
+    }
+    (tmp_path / "params.yaml").write_text("train: {depth: 3}\n")
+    with pytest.raises(ParamsError, match="stage 's': param 'train.lr' not found"):
+        read_stage_params(stage, tmp_path)
+    (tmp_path / "params.yaml").unlink()
+    with pytest.raises(ParamsError, match="stage 's': params file '.*params.yaml' not"):
+        read_stage_params(stage, tmp_path)

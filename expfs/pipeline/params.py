@@ -25,6 +25,7 @@ from typing import Any
 import yaml
 
 from expfs.pipeline.errors import ParamsError
+from expfs.pipeline.stage import Stage
 
 DEFAULT_PARAMS_FILE = "params.yaml"
 PARAMS_FORMATS = {
@@ -244,3 +245,25 @@ def get_param(data: Any, key: str, path: Path | str) -> Any:
             f"param '{key}' not found in '{path}'{near}; add it to the file or "
             "remove it from the stage"
         ) from None
+
+
+def read_stage_params(stage: Stage, root: Path) -> dict[str, dict[str, Any]]:
+    """Read the declared params of `stage` from the workspace at `root`.
+
+    Returns the value of each declared key by params-file workspace path. A
+    file declared with no keys contributes every top-level key. A missing
+    file or key raises ParamsError naming the stage, the file and the key.
+    """
+    values: dict[str, dict[str, Any]] = {}
+    for dep in stage.params:
+        try:
+            data = read_params(root / dep.workspace_path)
+            if dep.keys is None:
+                values[dep.workspace_path] = dict(data)
+                continue
+            values[dep.workspace_path] = {
+                key: get_param(data, key, dep.workspace_path) for key in dep.keys
+            }
+        except ParamsError as exc:
+            raise ParamsError(f"stage '{stage.name}': {exc.message}") from None
+    return values
