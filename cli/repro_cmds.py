@@ -1,0 +1,119 @@
+"""Pipeline commands: repro, status, runs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "repro",
+        help="run the pipeline, restoring stages the run-cache has seen",
+        description="Run the stages of dvc.yaml in DAG order: skip what the lock "
+        "file says is up to date, restore what the run-cache has, run the rest.",
+    )
+    p.add_argument(
+        "targets", nargs="*", metavar="STAGE", help="stages to reproduce (default: all)"
+    )
+    p.add_argument(
+        "-f", "--force", action="store_true", help="run every selected stage"
+    )
+    p.add_argument(
+        "-s",
+        "--single-item",
+        action="store_true",
+        help="run only the named stages, not their upstream",
+    )
+    p.add_argument(
+        "--downstream",
+        action="store_true",
+        help="also run the stages that depend on the named ones",
+    )
+    p.add_argument(
+        "--dry",
+        action="store_true",
+        help="print what would run or be restored, and why",
+    )
+    p.add_argument(
+        "--no-run-cache", action="store_true", help="neither look up nor record runs"
+    )
+    p.add_argument(
+        "-k",
+        "--keep-going",
+        action="store_true",
+        help="run independent stages after a failure",
+    )
+    p.add_argument("--file", default="dvc.yaml", help="stage file (default: dvc.yaml)")
+    p.set_defaults(handler=cmd_repro)
+
+    p = sub.add_parser("status", help="list the stages that are out of date, and why")
+    p.add_argument("--file", default="dvc.yaml", help="stage file (default: dvc.yaml)")
+    p.set_defaults(handler=cmd_status)
+
+    p = sub.add_parser("runs", help="list run-cache entries")
+    p.add_argument("--json", action="store_true", help="print a JSON list")
+    p.set_defaults(handler=cmd_runs)
+
+
+def _repro(args: argparse.Namespace, **overrides: Any) -> Any:
+    from expfs.repro.engine import Options, Repro
+    from expfs.repro.place import CheckoutPlace
+    from expfs.store.repo import store_for
+
+    store = store_for(".")
+    root = os.path.dirname(store.root)
+    stage_file = os.path.relpath(os.path.abspath(args.file), root)
+    options = Options(
+        force=getattr(args, "force", False),
+        single_item=getattr(args, "single_item", False),
+        downstream=getattr(args, "downstream", False),
+        dry=getattr(args, "dry", False),
+        no_run_cache=getattr(args, "no_run_cache", False),
+        keep_going=getattr(args, "keep_going", False),
+    )
+    for name, value in overrides.items():
+        setattr(options, name, value)
+    return Repro(store, CheckoutPlace(store, root), stage_file, options)
+
+
+def cmd_repro(args: argparse.Namespace) -> int:
+    repro = _repro(args)
+    repro.run(args.targets)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    repro = _repro(args, dry=True)
+    outcomes = []
+    for name in repro.select([]):
+        outcomes.append(repro.run_stage(repro.dag.stages[name]))
+    stale = [o for o in outcomes if o.action not in ("skipped", "frozen")]
+    for outcome in stale:
+        print(f"{outcome.stage}: {outcome.action} ({outcome.reason})")
+    if not stale:
+        print("every stage is up to date")
+    return 0
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from expfs.runcache import RunCache
+    from expfs.store.repo import store_for
+
+    records = sorted(RunCache(store_for(".")), key=lambda r: r.started)
+    if args.json:
+        json.dump([asdict(r) for r in records], sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return 0
+    for r in records:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.started))
+        print(
+            f"{r.key[:12]}  {r.stage:<20} {when}  {r.duration_s:7.2f} s  restored {r.restored}x"
+        )
+    return 0

@@ -1,0 +1,1 @@
+"""Run a pipeline in a place (a checkout or a mounted workspace) with the run-cache."""

@@ -1,0 +1,386 @@
+"""Run a pipeline stage by stage in one place, with the run-cache.
+
+For each stage, in DAG order: fingerprint its dependencies and params
+before anything runs, derive the run key, then skip the stage when the lock
+file says its outputs are those of this key, restore it when the run-cache
+has a complete entry, and run its command otherwise. Only successful runs
+whose dependencies did not change while they ran are recorded.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from expfs.errors import CorruptObject, ExpfsError, MissingObject, UsageError
+from expfs.pipeline import Pipeline, Stage, build_dag, load_pipeline
+from expfs.pipeline.params import read_stage_params
+from expfs.pipeline.paths import check_inside
+from expfs.pipeline.runkey import stage_run_key
+from expfs.repro.lockfile import LOCK_NAME, LockedStage, LockFile
+from expfs.repro.place import Place
+from expfs.runcache import OutputRecord, RunCache, RunRecord
+from expfs.store.objects import Store
+from expfs.store.trees import Digest, Kind
+
+log = logging.getLogger(__name__)
+
+
+class StageFailed(ExpfsError):
+    """A stage's command exited with a non-zero status."""
+
+    def __init__(self, stage: str, status: int) -> None:
+        super().__init__(
+            f"stage '{stage}' failed: its command exited with status {status}; "
+            "its outputs are left in place for inspection and nothing was recorded"
+        )
+        self.stage = stage
+        self.exit_code = status if 0 < status < 128 else 1
+
+
+@dataclass
+class Options:
+    force: bool = False
+    single_item: bool = False
+    downstream: bool = False
+    dry: bool = False
+    no_run_cache: bool = False
+    keep_going: bool = False
+
+
+@dataclass
+class Outcome:
+    """What happened to one stage: ran, restored, skipped, failed or would-*."""
+
+    stage: str
+    action: str
+    duration_s: float = 0.0
+    reason: str = ""
+    run_key: str = ""
+    log: str = ""
+
+
+@dataclass
+class _Inputs:
+    deps: dict[str, Digest]
+    params: dict[str, dict[str, Any]]
+    key: Digest
+
+
+@dataclass
+class Repro:
+    store: Store
+    place: Place
+    stage_file: str = "dvc.yaml"
+    options: Options = field(default_factory=Options)
+    out: TextIO = field(default_factory=lambda: sys.stdout)
+
+    def __post_init__(self) -> None:
+        self.runs = RunCache(self.store)
+        self.root = Path(self.place.root)
+        stage_path = self.root / self.stage_file
+        if not stage_path.exists():
+            raise UsageError(
+                f"no {self.stage_file} in {self.root}: write a stage file (DVC's "
+                "format) or run from the folder that has one"
+            )
+        self.pipeline: Pipeline = load_pipeline(stage_path, self.root)
+        self.dag = build_dag(self.pipeline.stages.values(), str(stage_path))
+        self.lock = LockFile(str(stage_path.parent / LOCK_NAME))
+
+    # -- selection -----------------------------------------------------------
+
+    def select(self, targets: Sequence[str]) -> list[str]:
+        """Return the stage names to consider, in DAG order."""
+        if not targets:
+            return list(self.dag.order)
+        unknown = [t for t in targets if t not in self.dag.stages]
+        if unknown:
+            known = ", ".join(self.dag.order) or "none"
+            raise UsageError(
+                f"no stage named {', '.join(unknown)} in {self.stage_file} "
+                f"(stages: {known})"
+            )
+        chosen: set[str] = set(targets)
+        for target in targets:
+            if self.options.downstream:
+                chosen |= self.dag.descendants(target)
+            elif not self.options.single_item:
+                chosen |= self.dag.ancestors(target)
+        return [name for name in self.dag.order if name in chosen]
+
+    def run(self, targets: Sequence[str] = ()) -> list[Outcome]:
+        outcomes: list[Outcome] = []
+        failed: set[str] = set()
+        for name in self.select(targets):
+            stage = self.dag.stages[name]
+            if any(up in failed for up in self.dag.ancestors(name)):
+                outcomes.append(
+                    Outcome(name, "skipped", reason="an upstream stage failed")
+                )
+                continue
+            try:
+                outcome = self.run_stage(stage)
+            except StageFailed:
+                if not self.options.keep_going:
+                    raise
+                failed.add(name)
+                outcome = Outcome(name, "failed")
+            outcomes.append(outcome)
+            self._report(outcome)
+        if failed:
+            raise StageFailed(sorted(failed)[0], 1)
+        return outcomes
+
+    def _report(self, outcome: Outcome) -> None:
+        why = f" ({outcome.reason})" if outcome.reason else ""
+        words = {
+            "ran": "ran",
+            "restored": "restored from the run-cache",
+            "skipped": "skipped, up to date",
+            "frozen": "skipped, frozen",
+        }
+        verb = words.get(outcome.action, outcome.action)
+        line = f"stage '{outcome.stage}': {verb} in {outcome.duration_s:.2f} s{why}"
+        log.info("%s", line)
+        print(line, file=self.out, flush=True)
+
+    # -- one stage -----------------------------------------------------------
+
+    def fingerprint(self, stage: Stage) -> _Inputs:
+        deps: dict[str, Digest] = {}
+        for dep in stage.deps:
+            found = self.place.digest_of(dep.workspace_path)
+            if found is None:
+                raise UsageError(
+                    f"dependency '{dep.path}' of stage '{stage.name}' is missing: "
+                    "create it, or add the stage that writes it as an output"
+                )
+            deps[dep.workspace_path] = found[1]
+        params = read_stage_params(stage, self.root)
+        for file, used in stage.template_params.items():
+            params.setdefault(file, {}).update(used)
+        return _Inputs(deps, params, stage_run_key(stage, deps, params))
+
+    def cacheable(self, stage: Stage) -> str:
+        """Return why `stage` may not use the run-cache, or "" when it may."""
+        if self.options.no_run_cache:
+            return "--no-run-cache"
+        if stage.always_changed:
+            return "always_changed"
+        if not stage.commands or not any(c.strip() for c in stage.commands):
+            return "no command"
+        if not stage.deps:
+            return "no dependencies"
+        if not stage.outs:
+            return "no outputs"
+        if any(o.persist for o in stage.outs):
+            return "a persist output"
+        if any(not o.cache and o.kind == "outs" for o in stage.outs):
+            return "an output with cache: false"
+        return ""
+
+    def run_stage(self, stage: Stage) -> Outcome:
+        started = time.monotonic()
+        for out in stage.outs:
+            check_inside(self.root, out.workspace_path)
+        if stage.frozen and not self.options.force:
+            return Outcome(stage.name, "frozen")
+        inputs = self.fingerprint(stage)
+        if self._up_to_date(stage, inputs):
+            return Outcome(
+                stage.name, "skipped", time.monotonic() - started, run_key=inputs.key
+            )
+        no_cache_reason = self.cacheable(stage)
+        if not no_cache_reason and not self.options.force:
+            record = self.runs.lookup(inputs.key, stage.name)
+            if record is not None:
+                if self.options.dry:
+                    return Outcome(stage.name, "would restore", reason="run-cache hit")
+                if self._restore(stage, record):
+                    self._lock(stage, inputs, record.outputs)
+                    self.runs.count_restore(inputs.key)
+                    elapsed = time.monotonic() - started
+                    return Outcome(stage.name, "restored", elapsed, run_key=inputs.key)
+        if self.options.dry:
+            why = "forced" if self.options.force else self._why_run(stage, inputs)
+            return Outcome(stage.name, "would run", reason=why)
+        return self._execute(stage, inputs, no_cache_reason, started)
+
+    def _why_run(self, stage: Stage, inputs: _Inputs) -> str:
+        locked = self.lock.stages.get(stage.name)
+        if locked is None:
+            return "never ran"
+        if locked.run_key != inputs.key:
+            changed = [p for p, d in inputs.deps.items() if locked.deps.get(p) != d]
+            if changed:
+                return "changed deps: " + ", ".join(changed)
+            if locked.params != inputs.params:
+                return "changed params"
+            return "changed command or outputs"
+        return "outputs missing or modified"
+
+    def _up_to_date(self, stage: Stage, inputs: _Inputs) -> bool:
+        if self.options.force or stage.always_changed:
+            return False
+        locked = self.lock.stages.get(stage.name)
+        if locked is None or locked.run_key != inputs.key:
+            return False
+        for out in locked.outs:
+            found = self.place.digest_of(out.path)
+            if found is None or found[1] != out.digest:
+                return False
+        return True
+
+    def _restore(self, stage: Stage, record: RunRecord) -> bool:
+        try:
+            for out in record.outputs:
+                self.place.put(out)
+        except (CorruptObject, MissingObject, OSError) as exc:
+            log.warning(
+                "restore of stage %s failed (%s): running it instead", stage.name, exc
+            )
+            return False
+        return True
+
+    def _execute(
+        self, stage: Stage, inputs: _Inputs, no_cache_reason: str, started: float
+    ) -> Outcome:
+        for out in stage.outs:
+            if not out.persist:
+                self.place.remove(out.workspace_path)
+        wall_started = time.time()
+        captured: list[str] = []
+        cwd = self.root / stage.workspace_wdir
+        for command in stage.commands:
+            status = self._run_command(command, cwd, captured)
+            if status != 0:
+                raise StageFailed(stage.name, status)
+        outputs = self._collect(stage)
+        after = self.fingerprint(stage)
+        duration = time.monotonic() - started
+        if after.key != inputs.key:
+            changed = [p for p, d in after.deps.items() if inputs.deps.get(p) != d]
+            print(
+                f"stage '{stage.name}': dependencies changed while it ran "
+                f"({', '.join(changed) or 'params'}); not recorded in the run-cache, "
+                "and the next repro runs it again",
+                file=self.out,
+            )
+        elif not no_cache_reason:
+            metrics = self._metrics(stage)
+            self.runs.record(
+                RunRecord(
+                    key=inputs.key,
+                    stage=stage.name,
+                    outputs=outputs,
+                    metrics=metrics,
+                    started=wall_started,
+                    duration_s=duration,
+                )
+            )
+        self._lock(stage, inputs, outputs)
+        return Outcome(
+            stage.name, "ran", duration, run_key=inputs.key, log="".join(captured)
+        )
+
+    def _run_command(self, command: str, cwd: Path, captured: list[str]) -> int:
+        proc = subprocess.Popen(
+            command,
+            shell=True,
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            text=True,
+            errors="replace",
+        )
+        assert proc.stdout is not None
+
+        def pump() -> None:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                captured.append(line)
+                self.out.write(line)
+                self.out.flush()
+
+        reader = threading.Thread(target=pump, daemon=True)
+        reader.start()
+        try:
+            status = proc.wait()
+        except KeyboardInterrupt:
+            os.killpg(proc.pid, 15)
+            proc.wait()
+            raise
+        reader.join()
+        proc.stdout.close()
+        return status
+
+    def _collect(self, stage: Stage) -> list[OutputRecord]:
+        outputs: list[OutputRecord] = []
+        for out in stage.outs:
+            check_inside(self.root, out.workspace_path)
+            keep = out.cache or out.kind in ("metrics", "plots")
+            if keep:
+                record = self.place.snapshot(out.workspace_path)
+            else:
+                found = self.place.digest_of(out.workspace_path)
+                record = None
+                if found is not None:
+                    st = os.lstat(self.root / out.workspace_path)
+                    record = OutputRecord(
+                        out.workspace_path,
+                        int(found[0]),
+                        found[1],
+                        st.st_mode & 0o7777,
+                        st.st_size,
+                        cache=False,
+                    )
+            if record is None:
+                raise UsageError(
+                    f"stage '{stage.name}' did not create its output '{out.path}': "
+                    "fix the command or the outs list"
+                )
+            outputs.append(record)
+        return outputs
+
+    def _metrics(self, stage: Stage) -> dict[str, Any]:
+        import json
+
+        import yaml
+
+        found: dict[str, Any] = {}
+        for out in stage.outs_of("metrics"):
+            path = self.root / out.workspace_path
+            try:
+                text = path.read_text()
+                found[out.workspace_path] = (
+                    json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+                )
+            except (OSError, ValueError, yaml.YAMLError) as exc:
+                log.warning(
+                    "metrics file %s of stage %s unreadable: %s", path, stage.name, exc
+                )
+        return found
+
+    def _lock(self, stage: Stage, inputs: _Inputs, outputs: list[OutputRecord]) -> None:
+        self.lock.stages[stage.name] = LockedStage(
+            cmd=stage.cmd if isinstance(stage.cmd, str) else list(stage.cmd),
+            run_key=inputs.key,
+            deps=dict(inputs.deps),
+            params=inputs.params,
+            outs=list(outputs),
+        )
+        self.lock.save()
+
+
+def kind_name(kind: int) -> str:
+    return Kind(kind).name.lower()
