@@ -16,7 +16,11 @@ import sys
 from collections.abc import Sequence
 
 # Modules that register command groups, in the order `--help` lists them.
-COMMAND_MODULES = ("expfs_cli.store_cmds", "expfs_cli.stage_cmds", "expfs_cli.repro_cmds")
+COMMAND_MODULES = (
+    "expfs_cli.store_cmds",
+    "expfs_cli.stage_cmds",
+    "expfs_cli.repro_cmds",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
