@@ -18,8 +18,10 @@ from collections.abc import Sequence
 # Modules that register command groups, in the order `--help` lists them.
 COMMAND_MODULES = (
     "expfs_cli.store_cmds",
-    "expfs_cli.stage_cmds",
     "expfs_cli.repro_cmds",
+    "expfs_cli.exp_cmds",
+    "expfs_cli.mount_cmds",
+    "expfs_cli.stage_cmds",
 )
 
 

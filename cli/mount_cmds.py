@@ -1,0 +1,129 @@
+"""Mount commands: mount, umount, mounts, shell."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "mount",
+        help="show an experiment as a copy-on-write folder",
+        description="Start a daemon that serves experiment NAME at PATH "
+        "(default .expfs/mnt/NAME) and return once the folder answers. Git "
+        "inside the folder works on the experiment, never on your checkout.",
+    )
+    p.add_argument("name", help="experiment name")
+    p.add_argument("path", nargs="?", help="mount point (created if missing)")
+    p.add_argument(
+        "--allow-other",
+        action="store_true",
+        help="let other users see the mount (needs user_allow_other in "
+        "/etc/fuse.conf unless root)",
+    )
+    p.add_argument(
+        "--foreground",
+        action="store_true",
+        help="run the daemon in this process and log to standard error",
+    )
+    p.set_defaults(handler=cmd_mount)
+
+    p = sub.add_parser(
+        "umount", help="flush and unmount an experiment, waiting for its daemon"
+    )
+    p.add_argument("name", help="experiment name")
+    p.set_defaults(handler=cmd_umount)
+
+    p = sub.add_parser(
+        "mounts", help="list running mounts and notice dead daemons and stale mounts"
+    )
+    p.set_defaults(handler=cmd_mounts)
+
+    p = sub.add_parser(
+        "shell", help="open a shell inside an experiment's mount, mounting it first"
+    )
+    p.add_argument("name", help="experiment name")
+    p.set_defaults(handler=cmd_shell)
+
+
+def cmd_mount(args: argparse.Namespace) -> int:
+    from expfs.fuse.mounts import clean_up, default_mountpoint, start_mount
+    from expfs.store.repo import store_for
+
+    store = store_for(".")
+    if args.foreground:
+        from expfs.experiments import get_experiment
+        from expfs.fuse import daemon
+
+        get_experiment(store, args.name)
+        clean_up(store, args.name)
+        path = os.path.abspath(args.path or default_mountpoint(store, args.name))
+        os.makedirs(path, exist_ok=True)
+        argv = ["--store", store.root, "--name", args.name, "--mountpoint", path]
+        argv.append("--foreground")
+        if args.allow_other:
+            argv.append("--allow-other")
+        return daemon.main(argv)
+    path = start_mount(store, args.name, args.path, args.allow_other)
+    print(path)
+    return 0
+
+
+def cmd_umount(args: argparse.Namespace) -> int:
+    from expfs.fuse.mounts import stop_mount
+    from expfs.store.repo import store_for
+
+    store = store_for(".")
+    status = stop_mount(store, args.name)
+    if status.state == "unmounted":
+        print(f"experiment {args.name} is not mounted")
+    elif status.state in ("stale", "dead"):
+        print(f"cleaned up after the dead daemon {status.pid} of {args.name}")
+    else:
+        print(f"unmounted {args.name} from {status.mountpoint}")
+    return 0
+
+
+def cmd_mounts(args: argparse.Namespace) -> int:
+    from expfs.fuse.mounts import list_mounts
+    from expfs.store.repo import store_for
+
+    store = store_for(".")
+    rows = [
+        (s.name, str(s.pid), s.state, s.mountpoint or "-") for s in list_mounts(store)
+    ]
+    if not rows:
+        return 0
+    header = ("NAME", "PID", "STATE", "PATH")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(3)]
+    for row in [header, *rows]:
+        cells = [c.ljust(w) for c, w in zip(row[:3], widths, strict=True)]
+        print("  ".join([*cells, row[3]]))
+    if any(s.state in ("stale", "dead", "orphan") for s in list_mounts(store)):
+        print(
+            "expfs: a daemon died or lost its mount: `expfs umount NAME` cleans up",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def cmd_shell(args: argparse.Namespace) -> int:
+    from expfs.fuse.control import mount_status
+    from expfs.fuse.mounts import start_mount
+    from expfs.store.repo import store_for
+
+    store = store_for(".")
+    status = mount_status(store, args.name)
+    if status.state == "mounted" and status.mountpoint is not None:
+        path = status.mountpoint
+    else:
+        path = start_mount(store, args.name)
+        print(f"mounted {args.name} at {path}", file=sys.stderr)
+    shell = os.environ.get("SHELL") or "/bin/sh"
+    os.chdir(path)
+    os.environ["EXPFS_EXPERIMENT"] = args.name
+    sys.stdout.flush()
+    os.execvp(shell, [shell])

@@ -1,0 +1,265 @@
+"""The experiment registry: named workspaces over a base snapshot.
+
+An experiment is a JSON record in the `experiments` database of the shared
+index (see `expfs.store.layout`), a workspace of the same name, and a Git
+worktree of the user's repository at the experiment's base commit. The
+worktree has no files of its own: a mount shows a `.git` file pointing at
+its git folder, so Git inside the mount compares the experiment with its
+base and never touches the user's checkout or index.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from expfs.errors import ExpfsError, UsageError
+from expfs.store import layout
+from expfs.store.objects import Store
+from expfs.store.trees import Digest
+from expfs.tree.gitsnap import resolve_commit, snapshot_commit, snapshot_worktree
+
+log = logging.getLogger(__name__)
+
+MAX_NAME_BYTES = 100
+# Worktrees of experiments live here, one empty folder (but for Git's `.git`
+# file) per experiment, so `git worktree prune` keeps their git folders.
+WORKTREES_DIR = "worktrees"
+
+STATUS_CREATED = "created"
+
+
+class ExperimentNotFound(ExpfsError):
+    """No experiment of that name exists."""
+
+
+class ExperimentExists(ExpfsError):
+    """An experiment of that name already exists."""
+
+
+class ExperimentBusy(ExpfsError):
+    """The experiment is mounted, so it cannot be removed."""
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One experiment's record."""
+
+    name: str
+    base: Digest
+    base_commit: str
+    created: float
+    status: str
+    # The git folder of the experiment's worktree (`<repo>/.git/worktrees/ID`),
+    # named by the `.git` file a mount shows at its root.
+    gitdir: str
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> Experiment:
+        fields = json.loads(data)
+        return cls(**{k: fields[k] for k in cls.__dataclass_fields__})
+
+
+def validate_name(name: str) -> None:
+    """Raise `UsageError` unless `name` can name an experiment."""
+    encoded = os.fsencode(name)
+    problem = None
+    if not name:
+        problem = "it is empty"
+    elif "/" in name or "\0" in name:
+        problem = "it contains '/' or a NUL byte"
+    elif name[0] in "-.":
+        problem = "it starts with '-' or '.'"
+    elif len(encoded) > MAX_NAME_BYTES:
+        problem = f"it is {len(encoded)} bytes long (the limit is {MAX_NAME_BYTES})"
+    elif any(ord(c) < 32 for c in name):
+        problem = "it contains a control character"
+    if problem is not None:
+        raise UsageError(
+            f"invalid experiment name {name!r}: {problem}; use letters, digits, "
+            "'_', '-' and '.', starting with a letter or digit"
+        )
+
+
+def repo_root(store: Store) -> str:
+    return os.path.dirname(os.path.abspath(store.root))
+
+
+def _db(store: Store) -> Any:
+    return store.env.db(layout.DB_EXPERIMENTS)
+
+
+def get_experiment(store: Store, name: str) -> Experiment:
+    """Return the record of experiment `name`, or raise `ExperimentNotFound`."""
+    data = store.env.get(layout.DB_EXPERIMENTS, os.fsencode(name))
+    if data is None:
+        raise ExperimentNotFound(
+            f"no experiment named {name!r}: `expfs exp list` shows the existing "
+            "ones, `expfs exp new NAME` creates one"
+        )
+    return Experiment.from_json(data)
+
+
+def list_experiments(store: Store) -> list[Experiment]:
+    """Return every experiment's record, sorted by name."""
+    handle = _db(store)
+
+    def collect(txn: object) -> list[bytes]:
+        cursor = txn.cursor(db=handle)  # type: ignore[attr-defined]
+        return [bytes(value) for _, value in cursor]
+
+    return [Experiment.from_json(v) for v in store.env.read(collect)]
+
+
+def _put(store: Store, experiment: Experiment) -> None:
+    key = os.fsencode(experiment.name)
+    store.env.put(layout.DB_EXPERIMENTS, key, experiment.to_json())
+
+
+def _delete(store: Store, name: str) -> None:
+    handle = _db(store)
+    store.env.write(lambda txn: txn.delete(os.fsencode(name), db=handle))
+
+
+def create_experiment(
+    store: Store, repo: str, name: str, from_rev: str | None = None
+) -> Experiment:
+    """Create experiment `name` from commit `from_rev` or the working tree.
+
+    Without `from_rev` the base is the working tree as the user sees it:
+    HEAD plus modified and untracked files that `.gitignore` keeps.
+    """
+    from expfs.workspace import Workspace
+
+    validate_name(name)
+    if store.env.get(layout.DB_EXPERIMENTS, os.fsencode(name)) is not None:
+        raise ExperimentExists(
+            f"an experiment named {name!r} already exists: pick another name or "
+            f"remove it first with `expfs exp remove {name}`"
+        )
+    commit = resolve_commit(repo, from_rev or "HEAD")
+    if from_rev is None:
+        base = snapshot_worktree(store, repo)
+    else:
+        base = snapshot_commit(store, repo, commit)
+    if Workspace.exists(store, name):
+        log.warning("removing the orphan workspace %s left without a record", name)
+        Workspace.remove(store, name)
+    Workspace.create(store, name, base).close()
+    try:
+        gitdir = add_worktree(store, repo, name, commit, from_worktree=from_rev is None)
+    except BaseException:
+        Workspace.remove(store, name)
+        raise
+    experiment = Experiment(name, base, commit, time.time(), STATUS_CREATED, gitdir)
+    _put(store, experiment)
+    log.info("created experiment %s on base %s (commit %s)", name, base, commit[:12])
+    return experiment
+
+
+def remove_experiment(store: Store, name: str) -> None:
+    """Remove experiment `name`: its record, workspace and Git worktree."""
+    from expfs.fuse.control import mount_status
+    from expfs.workspace import Workspace
+
+    experiment = get_experiment(store, name)
+    status = mount_status(store, name)
+    if status.state == "mounted":
+        raise ExperimentBusy(
+            f"experiment {name!r} is mounted at {status.mountpoint} (daemon pid "
+            f"{status.pid}): run `expfs umount {name}` first"
+        )
+    remove_worktree(store, repo_root(store), name, experiment.gitdir)
+    if Workspace.exists(store, name):
+        Workspace.remove(store, name)
+    _delete(store, name)
+    log.info("removed experiment %s", name)
+
+
+# -- the Git worktree a mount links to -----------------------------------------
+
+
+def _git(repo: str, *args: str, env: dict[str, str] | None = None) -> str:
+    proc = subprocess.run(
+        ["git", "-C", repo, *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env} if env else None,
+    )
+    if proc.returncode != 0:
+        raise ExpfsError(
+            f"git {' '.join(args)} failed in {repo}: {proc.stderr.strip()}"
+        )
+    return proc.stdout
+
+
+def worktree_path(store: Store, name: str) -> str:
+    return os.path.join(store.root, WORKTREES_DIR, name)
+
+
+def add_worktree(
+    store: Store, repo: str, name: str, commit: str, *, from_worktree: bool
+) -> str:
+    """Add a detached, empty Git worktree at `commit`; return its git folder.
+
+    Its index lists the experiment's base: the commit, plus the user's
+    uncommitted changes when the base is the working tree, so `git status`
+    in a mount shows those as staged and the experiment's own changes as
+    not staged.
+    """
+    path = worktree_path(store, name)
+    if os.path.lexists(path):
+        remove_worktree(store, repo, name, None)
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    _git(
+        repo,
+        "worktree",
+        "add",
+        "--detach",
+        "--no-checkout",
+        "--lock",
+        "--reason",
+        f"expfs experiment {name}",
+        path,
+        commit,
+    )
+    gitdir = _git(path, "rev-parse", "--absolute-git-dir").strip()
+    index = os.path.join(gitdir, "index")
+    if from_worktree:
+        _stage_working_tree(repo, index)
+    else:
+        _git(repo, "read-tree", commit, env={"GIT_INDEX_FILE": index})
+    return gitdir
+
+
+def _stage_working_tree(repo: str, index: str) -> None:
+    """Write into `index` what `git add -A` would stage in the user's checkout.
+
+    Starting from a copy of the user's index lets Git skip hashing files
+    whose stat data did not change.
+    """
+    user_index = _git(repo, "rev-parse", "--git-path", "index").strip()
+    user_index = os.path.join(repo, user_index)
+    if os.path.exists(user_index):
+        shutil.copyfile(user_index, index)
+    else:
+        _git(repo, "read-tree", "HEAD", env={"GIT_INDEX_FILE": index})
+    _git(repo, "add", "-A", env={"GIT_INDEX_FILE": index})
+
+
+def remove_worktree(store: Store, repo: str, name: str, gitdir: str | None) -> None:
+    """Remove the experiment's Git worktree and its git folder, if present."""
+    path = worktree_path(store, name)
+    shutil.rmtree(path, ignore_errors=True)
+    if gitdir and os.path.isdir(gitdir):
+        shutil.rmtree(gitdir, ignore_errors=True)
+    subprocess.run(["git", "-C", repo, "worktree", "prune"], capture_output=True)

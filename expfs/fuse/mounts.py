@@ -1,0 +1,191 @@
+"""Starting, stopping and listing mount daemons from another process.
+
+`start_mount` runs `python -m expfs.fuse.daemon` in its own session and
+waits on a pipe until the daemon reports `ready` (its mount answers) or
+the error that stopped it. Before starting, it cleans up what a crashed
+daemon left: a mount in the table whose daemon is gone (`fusermount3 -uz`)
+and runtime files.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import subprocess
+import sys
+import time
+from typing import Any
+
+from expfs.errors import ExpfsError
+from expfs.fuse import control
+
+log = logging.getLogger(__name__)
+
+READY_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 30.0
+
+
+class MountError(ExpfsError):
+    """A mount could not be started or stopped."""
+
+
+def default_mountpoint(store: Any, name: str) -> str:
+    from expfs.store import layout
+
+    return os.path.join(store.root, layout.MOUNTS_DIR, name)
+
+
+def _force_unmount(path: str) -> None:
+    proc = subprocess.run(["fusermount3", "-u", "-z", path], capture_output=True)
+    if proc.returncode != 0 and control.mounted_fstype(path) is not None:
+        raise MountError(
+            f"could not remove the stale mount at {path}: "
+            f"{proc.stderr.decode(errors='replace').strip()}; run "
+            f"`fusermount3 -uz {path}` and retry"
+        )
+    log.warning("removed the stale mount at %s", path)
+
+
+def clean_up(store: Any, name: str) -> control.MountStatus:
+    """Remove what a dead daemon of `name` left; return the status found."""
+    status = control.mount_status(store, name)
+    if status.state in ("stale", "dead"):
+        assert status.mountpoint is not None
+        if status.state == "stale":
+            _force_unmount(status.mountpoint)
+        control.remove_runtime_files(store.root, name)
+        log.warning(
+            "cleaned up after the dead daemon %s of experiment %s", status.pid, name
+        )
+    return status
+
+
+def _stale_expfs_mount(path: str) -> bool:
+    """Return whether `path` is an expfs mount whose daemon is gone."""
+    if control.mounted_fstype(path) != "fuse.expfs":
+        return False
+    try:
+        os.stat(path)
+    except OSError as exc:
+        return exc.errno == 107  # ENOTCONN: the daemon is gone
+    return False
+
+
+def start_mount(
+    store: Any,
+    name: str,
+    mountpoint: str | None = None,
+    allow_other: bool = False,
+) -> str:
+    """Start a daemon serving experiment `name`; return its mount point."""
+    from expfs.experiments import get_experiment
+
+    get_experiment(store, name)
+    status = clean_up(store, name)
+    if status.state in ("mounted", "orphan"):
+        raise MountError(
+            f"experiment {name!r} is already served by daemon {status.pid} at "
+            f"{status.mountpoint}: use that folder, or `expfs umount {name}` first"
+        )
+    path = os.path.abspath(mountpoint or default_mountpoint(store, name))
+    if _stale_expfs_mount(path):
+        _force_unmount(path)
+    if control.mounted_fstype(path) is not None:
+        raise MountError(
+            f"something is already mounted at {path}: unmount it or pick another folder"
+        )
+    os.makedirs(path, exist_ok=True)
+    read_fd, write_fd = os.pipe()
+    command = [
+        sys.executable,
+        "-m",
+        control.DAEMON_MODULE,
+        "--store",
+        store.root,
+        "--name",
+        name,
+        "--mountpoint",
+        path,
+        "--ready-fd",
+        str(write_fd),
+    ]
+    if allow_other:
+        command.append("--allow-other")
+    log_file = open(control.log_path(store.root, name), "ab")
+    try:
+        proc = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=log_file,
+            pass_fds=(write_fd,),
+            start_new_session=True,
+        )
+    finally:
+        os.close(write_fd)
+        log_file.close()
+    try:
+        message = _read_ready(read_fd, proc)
+    finally:
+        os.close(read_fd)
+    if message != "ready":
+        raise MountError(f"mounting experiment {name!r} at {path} failed: {message}")
+    return path
+
+
+def _read_ready(fd: int, proc: subprocess.Popen[bytes]) -> str:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    data = b""
+    while b"\n" not in data:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            proc.kill()
+            proc.wait()
+            return f"the daemon did not report ready within {READY_TIMEOUT_S:.0f} s"
+        readable, _, _ = select.select([fd], [], [], remaining)
+        if not readable:
+            continue
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            code = proc.wait()
+            return f"the daemon exited with status {code} before it was ready"
+        data += chunk
+    line = data.split(b"\n", 1)[0].decode(errors="replace")
+    if line.startswith("error: "):
+        proc.wait(timeout=STOP_TIMEOUT_S)
+        return line[len("error: ") :]
+    return line
+
+
+def stop_mount(store: Any, name: str) -> control.MountStatus:
+    """Flush and unmount experiment `name`, waiting for its daemon to exit."""
+    status = clean_up(store, name)
+    if status.state in ("unmounted", "stale", "dead"):
+        return status
+    assert status.pid is not None
+    with control.ControlClient(store.root, name) as client:
+        client.stop()
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    while control.daemon_alive(status.pid):
+        if time.monotonic() > deadline:
+            raise MountError(
+                f"the daemon {status.pid} of experiment {name!r} unmounted but did "
+                f"not exit within {STOP_TIMEOUT_S:.0f} s: see its log at "
+                f"{control.log_path(store.root, name)}"
+            )
+        time.sleep(0.02)
+    return status
+
+
+def list_mounts(store: Any) -> list[control.MountStatus]:
+    """Return the status of every experiment that has runtime files."""
+    from expfs.store import layout
+
+    run_dir = os.path.join(store.root, layout.RUN_DIR)
+    names = sorted(
+        entry[: -len(".json")]
+        for entry in os.listdir(run_dir)
+        if entry.endswith(".json")
+    )
+    return [control.mount_status(store, name) for name in names]
