@@ -95,6 +95,8 @@ def start_mount(
         raise MountError(
             f"something is already mounted at {path}: unmount it or pick another folder"
         )
+    if os.path.lexists(path) and not os.path.isdir(path):
+        raise MountError(f"cannot mount on {path}: it is not a folder")
     os.makedirs(path, exist_ok=True)
     read_fd, write_fd = os.pipe()
     command = [
