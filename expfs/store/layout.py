@@ -45,6 +45,11 @@ Named databases in the shared index. Keys are bytes; LMDB keys are at most
     runs        run key (32 raw bytes) -> JSON `RunRecord` (see
                 `expfs.runcache`): the outputs, metrics and timing of the
                 last successful run with that key. Written by repro.
+    runinputs   run key (32 raw bytes) -> JSON of the inputs that the key
+                hashes: command, wdir, dependency digests, params, output
+                paths (see `expfs.remote.inputs`). Remote run-cache entries
+                carry them so that readers can recompute the key. Written
+                when an entry is pushed or pulled.
 
 A workspace's own LMDB environment, `workspaces/NAME/lmdb/`, written only
 by the process that serves the workspace (it holds `workspaces/NAME/lock`
@@ -87,6 +92,7 @@ DB_STATCACHE = b"statcache"
 DB_GITMAP = b"gitmap"
 DB_EXPERIMENTS = b"experiments"
 DB_RUNS = b"runs"
+DB_RUN_INPUTS = b"runinputs"
 
 # Every named database of the shared index, opened together at start-up.
 SHARED_DATABASES = (
@@ -97,6 +103,7 @@ SHARED_DATABASES = (
     DB_GITMAP,
     DB_RUNS,
     DB_EXPERIMENTS,
+    DB_RUN_INPUTS,
 )
 
 META_FORMAT_KEY = b"format"

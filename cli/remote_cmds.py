@@ -1,0 +1,213 @@
+"""Remote commands: remote add/list/remove, push, pull, gc --remote."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+
+def register(sub: Any) -> None:
+    remote = sub.add_parser(
+        "remote",
+        help="add, list and remove remotes (stores reached through fsspec URLs)",
+        description="Remotes live in .expfs.toml at the repository root, meant to "
+        "be committed, or with --local in .expfs/config. Secrets come from each "
+        "backend's own environment variables and files.",
+    )
+    remote_sub = remote.add_subparsers(dest="remote_command", metavar="COMMAND")
+    remote_sub.required = True
+
+    p = remote_sub.add_parser("add", help="add or replace a remote")
+    p.add_argument("name", help="remote name, such as origin")
+    p.add_argument(
+        "url", help="file:///path, sftp://[user@]host[:port]/path or s3://bucket/path"
+    )
+    p.add_argument("--default", action="store_true", help="make it the default remote")
+    p.add_argument(
+        "--read-only",
+        action="store_true",
+        help="never write to it (pull and look up only)",
+    )
+    p.add_argument(
+        "--local",
+        action="store_true",
+        help="keep it in .expfs/config, which Git ignores, instead of .expfs.toml",
+    )
+    p.add_argument(
+        "-o",
+        dest="options",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="backend option (endpoint_url, key_filename, port, ...) or expfs option: "
+        "salt (mixed into entry names), entries (create-only or append-only), "
+        "jobs (parallel transfers)",
+    )
+    p.set_defaults(handler=cmd_remote_add)
+
+    p = remote_sub.add_parser("list", help="list remotes")
+    p.set_defaults(handler=cmd_remote_list)
+
+    p = remote_sub.add_parser("remove", help="remove a remote from both config files")
+    p.add_argument("name", help="remote name")
+    p.set_defaults(handler=cmd_remote_remove)
+
+    for verb, what in (("push", "upload to"), ("pull", "download from")):
+        p = sub.add_parser(
+            verb,
+            help=f"{what} a remote the objects of experiments and the lock file",
+            description=f"{what.capitalize()} a remote the objects that experiments "
+            "and expfs.lock reach (all experiments when none is named), and with "
+            "--run-cache every run-cache entry and its objects; only what the other "
+            "side lacks is sent.",
+        )
+        p.add_argument("experiments", nargs="*", metavar="EXP", help="experiment names")
+        p.add_argument(
+            "-r", "--remote", help="remote name (default: the default remote)"
+        )
+        p.add_argument(
+            "--run-cache", action="store_true", help="also transfer run-cache entries"
+        )
+        p.add_argument("-j", "--jobs", type=int, help="parallel transfers (default: 8)")
+        p.set_defaults(handler=cmd_push if verb == "push" else cmd_pull)
+
+    if "gc" not in sub.choices:
+        p = sub.add_parser(
+            "gc",
+            help="remove objects from a remote that nothing reaches",
+            description="Remove objects from a remote that no run-cache entry on it, "
+            "no pushed snapshot and no experiment or lock file of this clone reaches, "
+            "once they are older than the grace period.",
+        )
+        p.add_argument("--remote", required=True, metavar="NAME", help="remote name")
+        p.add_argument(
+            "--grace",
+            type=float,
+            default=24.0,
+            metavar="HOURS",
+            help="keep unreachable objects younger than this, in hours (default: 24)",
+        )
+        p.add_argument(
+            "--dry-run", action="store_true", help="only count what would go"
+        )
+        p.set_defaults(handler=cmd_gc_remote)
+
+
+def _store() -> Any:
+    from expfs.store.repo import store_for
+
+    return store_for(".")
+
+
+def _parse_options(pairs: list[str]) -> dict[str, str]:
+    from expfs.errors import UsageError
+
+    options: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UsageError(f"invalid option {pair!r}: write -o KEY=VALUE")
+        options[key] = value
+    return options
+
+
+def cmd_remote_add(args: argparse.Namespace) -> int:
+    from expfs.remote.config import RemoteConfig, config_files
+
+    store = _store()
+    remote = RemoteConfig(
+        args.name, args.url, args.read_only, _parse_options(args.options), args.local
+    )
+    files = config_files(store.root)
+    files.add(remote, default=args.default)
+    where = files.path(args.local)
+    print(f"added remote {remote.name} ({remote.display_url}) to {where}")
+    return 0
+
+
+def cmd_remote_list(args: argparse.Namespace) -> int:
+    from expfs.remote.config import config_files
+
+    files = config_files(_store().root)
+    default = files.default_name()
+    for name, remote in sorted(files.remotes().items()):
+        flags = [
+            flag
+            for flag, on in (
+                ("default", name == default),
+                ("read-only", remote.read_only),
+                ("local", remote.local),
+            )
+            if on
+        ]
+        options = " ".join(
+            f"{k}={v}" for k, v in sorted(remote.display_options().items())
+        )
+        line = f"{name}\t{remote.display_url}"
+        if flags:
+            line += f"\t({', '.join(flags)})"
+        if options:
+            line += f"\t{options}"
+        print(line)
+    return 0
+
+
+def cmd_remote_remove(args: argparse.Namespace) -> int:
+    from expfs.errors import UsageError
+    from expfs.remote.config import config_files
+
+    removed = config_files(_store().root).remove(args.name)
+    if not removed:
+        raise UsageError(f"no remote named {args.name!r}: see `expfs remote list`")
+    print(f"removed remote {args.name} from {', '.join(removed)}")
+    return 0
+
+
+def _open(args: argparse.Namespace, store: Any) -> Any:
+    from expfs.remote.runs import open_remote
+
+    remote = open_remote(store, args.remote, progress=True)
+    if getattr(args, "jobs", None):
+        remote.jobs = max(1, args.jobs)
+    return remote
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    from expfs.remote.runs import push
+
+    store = _store()
+    remote = _open(args, store)
+    stats = push(store, remote, args.experiments, run_cache=args.run_cache)
+    print(stats.summary("pushed", f"to {remote.label}"), file=sys.stderr)
+    return 0
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    from expfs.remote.runs import pull
+
+    store = _store()
+    remote = _open(args, store)
+    stats = pull(store, remote, args.experiments, run_cache=args.run_cache)
+    print(stats.summary("pulled", f"from {remote.label}"), file=sys.stderr)
+    return 0
+
+
+def cmd_gc_remote(args: argparse.Namespace) -> int:
+    from expfs.remote.gc import gc_remote
+    from expfs.remote.runs import ReadOnlyRemote, open_remote
+
+    store = _store()
+    remote = open_remote(store, args.remote)
+    if remote.read_only and not args.dry_run:
+        raise ReadOnlyRemote(
+            f"remote {remote.label} is read-only: gc does not write to it"
+        )
+    report = gc_remote(store, remote, grace_s=args.grace * 3600, dry_run=args.dry_run)
+    verb = "would remove" if args.dry_run else "removed"
+    print(
+        f"{verb} {report.removed} objects and {report.temporary_removed} temporary "
+        f"files from {remote.label}; kept {report.kept} reachable and "
+        f"{report.too_new} younger than {args.grace:g} h"
+    )
+    return 0

@@ -1,0 +1,207 @@
+"""Remote definitions: a committed `.expfs.toml` and a private `.expfs/config`.
+
+Remotes in `.expfs.toml` at the repository root are meant to be committed,
+so every clone knows the team's remotes. Remotes added with `--local` live
+in `.expfs/config` (mode 0600), which Git ignores, and take precedence over
+a committed remote of the same name. Both files have the same shape:
+
+    [core]
+    remote = "origin"            # the default remote
+
+    [remote.origin]
+    url = "s3://bucket/expfs"
+    read_only = false
+
+    [remote.origin.options]      # passed to the fsspec backend, as strings
+    endpoint_url = "http://127.0.0.1:8333"
+
+Secrets come from each backend's own environment variables and files (AWS
+credentials, SSH keys and agents). A URL with a password is accepted only
+in the private file, and every message shows URLs through `redact_url`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit, urlunsplit
+
+import tomli_w
+
+from expfs.errors import UsageError
+from expfs.store import layout
+
+CONFIG_NAME = ".expfs.toml"
+LOCAL_CONFIG_NAME = "config"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# Option names whose values are never printed.
+_SECRET_OPTION = re.compile(r"secret|password|passphrase|token|credential", re.I)
+
+
+@dataclass(frozen=True)
+class RemoteConfig:
+    """One remote as configured: where it is and how to reach it."""
+
+    name: str
+    url: str
+    read_only: bool = False
+    options: dict[str, str] = field(default_factory=dict)
+    local: bool = False
+
+    @property
+    def display_url(self) -> str:
+        return redact_url(self.url)
+
+    def display_options(self) -> dict[str, str]:
+        return {
+            key: "***" if _SECRET_OPTION.search(key) else value
+            for key, value in self.options.items()
+        }
+
+
+def redact_url(url: str) -> str:
+    """Return `url` with any password replaced by `***`."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def url_password(url: str) -> str | None:
+    return urlsplit(url).password
+
+
+def check_name(name: str) -> None:
+    if not _NAME.match(name):
+        raise UsageError(
+            f"invalid remote name {name!r}: use up to 64 letters, digits, '_', "
+            "'.' or '-', starting with a letter or digit"
+        )
+
+
+def check_url(url: str) -> None:
+    parts = urlsplit(url)
+    if "://" not in url or not parts.scheme:
+        raise UsageError(
+            f"invalid remote URL {redact_url(url)!r}: give a URL with a scheme, "
+            "such as file:///srv/expfs, sftp://host/path or s3://bucket/path"
+        )
+    if parts.scheme == "file" and not parts.path.startswith("/"):
+        raise UsageError(
+            f"invalid remote URL {url!r}: a file:// URL needs an absolute path "
+            "(file:///abs/path)"
+        )
+
+
+class ConfigFiles:
+    """The two config files of one repository."""
+
+    def __init__(self, repo_root: str, store_root: str) -> None:
+        self.shared = os.path.join(repo_root, CONFIG_NAME)
+        self.private = os.path.join(store_root, LOCAL_CONFIG_NAME)
+
+    def path(self, local: bool) -> str:
+        return self.private if local else self.shared
+
+    def remotes(self) -> dict[str, RemoteConfig]:
+        """Return every remote, private ones replacing shared ones by name."""
+        found = _remotes_of(_read(self.shared), self.shared, local=False)
+        found.update(_remotes_of(_read(self.private), self.private, local=True))
+        return found
+
+    def default_name(self) -> str | None:
+        for path in (self.private, self.shared):
+            name = _read(path).get("core", {}).get("remote")
+            if isinstance(name, str) and name:
+                return name
+        return None
+
+    def add(self, remote: RemoteConfig, *, default: bool) -> None:
+        check_name(remote.name)
+        check_url(remote.url)
+        if not remote.local and url_password(remote.url) is not None:
+            raise UsageError(
+                f"the URL of remote {remote.name!r} contains a password, and "
+                f"{CONFIG_NAME} is meant to be committed: give the password "
+                "through the backend's own environment variables or files, or "
+                "add the remote with --local"
+            )
+        path = self.path(remote.local)
+        data = _read(path)
+        remotes = data.setdefault("remote", {})
+        table: dict[str, object] = {"url": remote.url, "read_only": remote.read_only}
+        if remote.options:
+            table["options"] = dict(remote.options)
+        remotes[remote.name] = table
+        if default:
+            data.setdefault("core", {})["remote"] = remote.name
+        _write(path, data, private=remote.local)
+
+    def remove(self, name: str) -> list[str]:
+        """Remove `name` from both files; return the files it was in."""
+        removed: list[str] = []
+        for path, private in ((self.shared, False), (self.private, True)):
+            data = _read(path)
+            if name not in data.get("remote", {}):
+                continue
+            del data["remote"][name]
+            if data.get("core", {}).get("remote") == name:
+                del data["core"]["remote"]
+            _write(path, data, private=private)
+            removed.append(path)
+        return removed
+
+
+def _read(path: str) -> dict[str, dict]:  # type: ignore[type-arg]
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        return {}
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(
+            f"invalid TOML in {path}: {exc}; fix or remove the file"
+        ) from None
+
+
+def _remotes_of(data: dict, path: str, *, local: bool) -> dict[str, RemoteConfig]:  # type: ignore[type-arg]
+    found: dict[str, RemoteConfig] = {}
+    for name, table in data.get("remote", {}).items():
+        url = table.get("url") if isinstance(table, dict) else None
+        if not isinstance(url, str):
+            raise UsageError(f'remote {name!r} in {path} has no url: add `url = "..."`')
+        options = {str(k): str(v) for k, v in table.get("options", {}).items()}
+        read_only = bool(table.get("read_only", False))
+        found[name] = RemoteConfig(name, url, read_only, options, local)
+    return found
+
+
+_HEADER = (
+    "# expfs remotes (see `expfs remote --help`). Secrets belong in each\n"
+    "# backend's own environment variables and files, never here.\n\n"
+)
+
+
+def _write(path: str, data: dict, *, private: bool) -> None:  # type: ignore[type-arg]
+    temp = f"{path}.tmp{os.getpid()}"
+    fd = os.open(
+        temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644
+    )
+    with os.fdopen(fd, "w") as f:
+        f.write(_HEADER + tomli_w.dumps(data))
+        f.flush()
+        os.fsync(f.fileno())
+    os.rename(temp, path)
+
+
+def config_files(store_root: str) -> ConfigFiles:
+    """Return the config files of the repository whose store is `store_root`."""
+    repo_root = os.path.dirname(os.path.abspath(store_root))
+    assert os.path.basename(store_root.rstrip("/")) == layout.STORE_DIRNAME
+    return ConfigFiles(repo_root, store_root)
