@@ -54,6 +54,8 @@ class Options:
     dry: bool = False
     no_run_cache: bool = False
     keep_going: bool = False
+    # Neither look up nor push runs on the default remote.
+    no_remote: bool = False
 
 
 @dataclass
@@ -202,6 +204,8 @@ class Repro:
         no_cache_reason = self.cacheable(stage)
         if not no_cache_reason and not self.options.force:
             record = self.runs.lookup(inputs.key, stage.name)
+            if record is None and not self.options.dry:
+                record = self._remote_lookup(stage, inputs)
             if record is not None:
                 if self.options.dry:
                     return Outcome(stage.name, "would restore", reason="run-cache hit")
@@ -287,6 +291,7 @@ class Repro:
                     duration_s=duration,
                 )
             )
+            self._share_run(stage, inputs)
         self._lock(stage, inputs, outputs)
         return Outcome(
             stage.name, "ran", duration, run_key=inputs.key, log="".join(captured)
@@ -380,6 +385,45 @@ class Repro:
             outs=list(outputs),
         )
         self.lock.save()
+
+    # -- remote run-cache ----------------------------------------------------
+
+    def _remote(self) -> Any:
+        """Return the default remote, opened on first use, or None."""
+        if self.options.no_remote:
+            return None
+        if not hasattr(self, "_remote_handle"):
+            from expfs.remote.runs import default_remote
+
+            self._remote_handle = default_remote(self.store)
+        return self._remote_handle
+
+    def _remote_lookup(self, stage: Stage, inputs: _Inputs) -> RunRecord | None:
+        """Look a stage up on the default remote after a local miss."""
+        remote = self._remote()
+        if remote is None:
+            return None
+        from expfs.remote.runs import remote_lookup
+
+        # NOTE: blobs are fetched before the restore in every place, mounts
+        # included, until the FUSE layer fetches a missing blob on first open.
+        return remote_lookup(self.store, remote, inputs.key, stage.name)
+
+    def _share_run(self, stage: Stage, inputs: _Inputs) -> None:
+        """Keep a recorded run's key inputs and push the run to the remote."""
+        from expfs.remote.inputs import save_inputs, stage_inputs
+
+        record = self.runs.get(inputs.key)
+        if record is None:
+            return
+        save_inputs(
+            self.store, inputs.key, stage_inputs(stage, inputs.deps, inputs.params)
+        )
+        remote = self._remote()
+        if remote is not None and not remote.read_only:
+            from expfs.remote.runs import remote_record
+
+            remote_record(self.store, remote, record)
 
 
 def kind_name(kind: int) -> str:
