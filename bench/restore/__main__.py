@@ -1,0 +1,5 @@
+import sys
+
+from bench.restore.cli import main
+
+sys.exit(main())
