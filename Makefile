@@ -13,7 +13,7 @@ APT_PACKAGES := fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv git
 # Extra pytest arguments, e.g. make test PYTEST_ARGS='-m "not fuse" -x'.
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint system-packages venv
+.PHONY: demo test lint system-packages venv bench bench-quick
 
 demo: venv
 	scripts/demo.sh $(VENV)/bin/expfs
@@ -27,6 +27,22 @@ lint: venv
 	$(VENV)/bin/mypy
 
 venv: system-packages $(STAMP)
+
+# The benchmark suite (python -m bench): a full run takes hours and about
+# 45 GiB free, bench-quick is a smoke run of a minute. Both install the
+# bench extra (matplotlib), and DVC into bench/work/dvc-venv on first use.
+BENCH_STAMP := $(VENV)/.bench-installed
+BENCH_ARGS ?=
+
+bench: venv $(BENCH_STAMP)
+	$(VENV)/bin/python -m bench $(BENCH_ARGS)
+
+bench-quick: venv $(BENCH_STAMP)
+	$(VENV)/bin/python -m bench --quick $(BENCH_ARGS)
+
+$(BENCH_STAMP): $(STAMP)
+	$(VENV)/bin/pip install -q --disable-pip-version-check -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
 
 system-packages:
 	@missing=""; \
