@@ -62,11 +62,12 @@ def register(sub: Any) -> None:
 
 def _repro(args: argparse.Namespace, **overrides: Any) -> Any:
     from expfs.repro.engine import Options, Repro
-    from expfs.repro.place import CheckoutPlace
+    from expfs.repro.place import place_for
     from expfs.store.repo import store_for
 
     store = store_for(".")
-    root = os.path.dirname(store.root)
+    place = place_for(store, os.getcwd())
+    root = place.root
     stage_file = os.path.relpath(os.path.abspath(args.file), root)
     options = Options(
         force=getattr(args, "force", False),
@@ -78,7 +79,7 @@ def _repro(args: argparse.Namespace, **overrides: Any) -> Any:
     )
     for name, value in overrides.items():
         setattr(options, name, value)
-    return Repro(store, CheckoutPlace(store, root), stage_file, options)
+    return Repro(store, place, stage_file, options)
 
 
 def cmd_repro(args: argparse.Namespace) -> int:

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from sample_pipeline import SCRIPTS, THREE_STAGES
 
 from expfs.errors import ExpfsError
 from expfs.repro.engine import Options, Outcome, Repro, StageFailed
@@ -19,51 +20,6 @@ from expfs.repro.place import CheckoutPlace
 from expfs.runcache import RunCache
 from expfs.store.fsck import fsck
 from expfs.store.objects import Store
-
-THREE_STAGES = """\
-stages:
-  prepare:
-    cmd: python3 prepare.py
-    deps: [prepare.py]
-    params: [prepare.n]
-    outs: [data]
-  train:
-    cmd: python3 train.py
-    deps: [train.py, data]
-    params: [train.lr]
-    outs: [model.txt, bin/tool]
-  evaluate:
-    cmd: python3 evaluate.py
-    deps: [evaluate.py, model.txt]
-    metrics: [{metrics.json: {cache: false}}]
-"""
-
-SCRIPTS = {
-    "prepare.py": """
-        import os, yaml
-        n = yaml.safe_load(open("params.yaml"))["prepare"]["n"]
-        os.makedirs("data", exist_ok=True)
-        for i in range(n):
-            open(f"data/part{i}.txt", "w").write(str(i) * 50)
-        open("runs.log", "a").write("prepare\\n")
-    """,
-    "train.py": """
-        import os, yaml
-        lr = yaml.safe_load(open("params.yaml"))["train"]["lr"]
-        parts = sorted(os.listdir("data"))
-        open("model.txt", "w").write(f"{lr} {len(parts)}\\n")
-        os.makedirs("bin", exist_ok=True)
-        open("bin/tool", "w").write("#!/bin/sh\\necho tool\\n")
-        os.chmod("bin/tool", 0o755)
-        open("runs.log", "a").write("train\\n")
-    """,
-    "evaluate.py": """
-        import json
-        lr, n = open("model.txt").read().split()
-        json.dump({"score": float(lr) * int(n)}, open("metrics.json", "w"))
-        open("runs.log", "a").write("evaluate\\n")
-    """,
-}
 
 
 def write_pipeline(root: Path, n: int = 5, lr: float = 0.1) -> None:

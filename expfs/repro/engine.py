@@ -330,25 +330,15 @@ class Repro:
         return status
 
     def _collect(self, stage: Stage) -> list[OutputRecord]:
-        outputs: list[OutputRecord] = []
         for out in stage.outs:
             check_inside(self.root, out.workspace_path)
-            keep = out.cache or out.kind in ("metrics", "plots")
-            if keep:
-                record = self.place.snapshot(out.workspace_path)
-            else:
-                found = self.place.digest_of(out.workspace_path)
-                record = None
-                if found is not None:
-                    st = os.lstat(self.root / out.workspace_path)
-                    record = OutputRecord(
-                        out.workspace_path,
-                        int(found[0]),
-                        found[1],
-                        st.st_mode & 0o7777,
-                        st.st_size,
-                        cache=False,
-                    )
+        kept = [o.workspace_path for o in stage.outs if o.cache or o.kind != "outs"]
+        records = self.place.snapshot(kept)
+        outputs: list[OutputRecord] = []
+        for out in stage.outs:
+            record = records.get(out.workspace_path)
+            if out.workspace_path not in kept:
+                record = self._uncached(out.workspace_path)
             if record is None:
                 raise UsageError(
                     f"stage '{stage.name}' did not create its output '{out.path}': "
@@ -356,6 +346,16 @@ class Repro:
                 )
             outputs.append(record)
         return outputs
+
+    def _uncached(self, path: str) -> OutputRecord | None:
+        found = self.place.digest_of(path)
+        if found is None:
+            return None
+        st = os.lstat(self.root / path)
+        mode = st.st_mode & 0o7777
+        return OutputRecord(
+            path, int(found[0]), found[1], mode, st.st_size, cache=False
+        )
 
     def _metrics(self, stage: Stage) -> dict[str, Any]:
         import json

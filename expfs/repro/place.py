@@ -17,7 +17,7 @@ from typing import Protocol
 
 from expfs.runcache import OutputRecord
 from expfs.store.objects import Store
-from expfs.store.trees import Digest, Kind
+from expfs.store.trees import Digest, Entry, Kind, find_entry
 from expfs.tree.fingerprint import fingerprint_path
 from expfs.tree.materialize import Materializer
 from expfs.tree.snapshot import snapshot_path
@@ -32,8 +32,8 @@ class Place(Protocol):
         """Return the kind and digest of `path`, or None when it is absent."""
         ...
 
-    def snapshot(self, path: str) -> OutputRecord | None:
-        """Store the content at `path` and describe it, or None when absent."""
+    def snapshot(self, paths: list[str]) -> dict[str, OutputRecord]:
+        """Store the content at each of `paths` and describe it; absent paths are left out."""
         ...
 
     def put(self, out: OutputRecord) -> None:
@@ -65,7 +65,11 @@ class CheckoutPlace:
         found = fingerprint_path(self.store, self._abs(path))
         return None if found is None else (found.kind, found.digest)
 
-    def snapshot(self, path: str) -> OutputRecord | None:
+    def snapshot(self, paths: list[str]) -> dict[str, OutputRecord]:
+        found = {path: self._snapshot_one(path) for path in paths}
+        return {path: record for path, record in found.items() if record is not None}
+
+    def _snapshot_one(self, path: str) -> OutputRecord | None:
         target = self._abs(path)
         try:
             st = os.lstat(target)
@@ -103,3 +107,108 @@ class CheckoutPlace:
             shutil.rmtree(target)
         elif os.path.lexists(target):
             os.unlink(target)
+
+
+class DaemonPlace:
+    """A mounted workspace, reached through its daemon's control socket.
+
+    Digests of clean files come from the base tree without reading them,
+    outputs are snapshotted by the daemon (which flushes the kernel's caches
+    first), and a restore is a graft: no bytes are copied, whatever the size.
+    """
+
+    def __init__(self, store: Store, root: str, client: ControlClientLike) -> None:
+        self.store = store
+        self.root = os.path.abspath(root)
+        self.client = client
+
+    def digest_of(self, path: str) -> tuple[Kind, Digest] | None:
+        target = os.path.join(self.root, path)
+        try:
+            st = os.lstat(target)
+        except FileNotFoundError:
+            return None
+        digest = self.client.digest_of(os.fsencode(path))
+        if stat.S_ISDIR(st.st_mode):
+            return Kind.DIRECTORY, digest
+        if stat.S_ISLNK(st.st_mode):
+            return Kind.SYMLINK, digest
+        return Kind.FILE, digest
+
+    def snapshot(self, paths: list[str]) -> dict[str, OutputRecord]:
+        root = self.client.snapshot()
+        found: dict[str, OutputRecord] = {}
+        for path in paths:
+            entry = entry_at(self.store, root, path)
+            if entry is not None:
+                found[path] = _record(
+                    path, entry.kind, entry.digest, entry.mode, entry.size
+                )
+        return found
+
+    def put(self, out: OutputRecord) -> None:
+        self.client.graft(os.fsencode(out.path), out.digest, out.mode)
+
+    def remove(self, path: str) -> None:
+        if os.path.lexists(os.path.join(self.root, path)):
+            self.client.remove_path(os.fsencode(path))
+
+
+class ControlClientLike(Protocol):
+    """The requests `DaemonPlace` sends to a mount daemon."""
+
+    def digest_of(self, path: bytes) -> Digest: ...
+
+    def snapshot(self) -> Digest: ...
+
+    def graft(self, path: bytes, digest: str, mode: int | None = None) -> None: ...
+
+    def remove_path(self, path: bytes) -> None: ...
+
+
+def entry_at(store: Store, root: Digest, path: str) -> Entry | None:
+    """Return the entry at `path` inside snapshot `root`, or None."""
+    entry: Entry | None = None
+    current = root
+    for part in os.fsencode(path).split(b"/"):
+        if not part or part == b".":
+            continue
+        if entry is not None and entry.kind is not Kind.DIRECTORY:
+            return None
+        entry = find_entry(store.get_tree(current), part)
+        if entry is None:
+            return None
+        current = entry.digest
+    return entry
+
+
+def mount_containing(store: Store, path: str) -> tuple[str, str] | None:
+    """Return (experiment name, mount point) of the live mount holding `path`."""
+    from expfs.fuse.control import read_record
+
+    run_dir = os.path.join(store.root, "run")
+    target = os.path.realpath(path)
+    try:
+        names = [n[: -len(".json")] for n in os.listdir(run_dir) if n.endswith(".json")]
+    except FileNotFoundError:
+        return None
+    for name in names:
+        record = read_record(store.root, name)
+        if record is None:
+            continue
+        mountpoint = os.path.realpath(str(record["mountpoint"]))
+        if target == mountpoint or target.startswith(mountpoint + os.sep):
+            return name, mountpoint
+    return None
+
+
+def place_for(store: Store, cwd: str) -> Place:
+    """Return the place that `cwd` lies in: a mounted workspace or the checkout."""
+    found = mount_containing(store, cwd)
+    if found is None:
+        return CheckoutPlace(store, os.path.dirname(store.root))
+    from expfs.fuse.control import ControlClient
+
+    name, mountpoint = found
+    client = ControlClient(store.root, name, timeout_s=None)
+    return DaemonPlace(store, mountpoint, client)
