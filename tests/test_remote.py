@@ -298,7 +298,9 @@ from expfs.remote.inputs import make_inputs, key_of
 from expfs.runcache import OutputRecord, RunRecord
 from expfs.store import init_store
 from expfs.store.trees import Kind
+import json
 repo, url, n = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+options = json.loads(sys.argv[4]) if len(sys.argv) > 4 else {{}}
 repo.mkdir()
 subprocess.run(["git", "init", "-q", str(repo)], check=True)
 store, _ = init_store(str(repo))
@@ -306,7 +308,7 @@ digest = store.put_bytes(("output of writer " + n).encode())
 inputs = make_inputs("cmd", {{}}, {{}}, ["out"])
 record = RunRecord(key=key_of(inputs), stage="gen",
                    outputs=[OutputRecord("out", int(Kind.FILE), digest, 0o644, 17)])
-remote = Remote(RemoteConfig("origin", url))
+remote = Remote(RemoteConfig("origin", url, options=options))
 remote.push_objects(store, [(Kind.FILE, digest)], Stats())
 print(publish_entry(remote, record, inputs))
 """

@@ -186,8 +186,10 @@ class Remote:
             return
         with ThreadPoolExecutor(min(self.jobs, len(items))) as pool:
             futures = [pool.submit(fn, item) for item in items]
-            errors = []
+            errors: list[BaseException] = []
             for future in futures:
+                if future.cancelled():
+                    continue
                 exc = future.exception()
                 if exc is not None:
                     errors.append(exc)
