@@ -16,7 +16,7 @@ import os
 import shutil
 import subprocess
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from expfs.errors import ExpfsError, UsageError
@@ -59,6 +59,17 @@ class Experiment:
     # The git folder of the experiment's worktree (`<repo>/.git/worktrees/ID`),
     # named by the `.git` file a mount shows at its root.
     gitdir: str
+    # The `-S` overrides applied in the workspace, as the user wrote them.
+    overrides: tuple[str, ...] = ()
+    # Params and metrics after the last run: {file: {dotted.key: value}}.
+    params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Snapshot of the workspace after its last run, and when that ran.
+    result: str | None = None
+    started: float | None = None
+    finished: float | None = None
+    # Why the last run failed or stopped, for `exp show` and `queue status`.
+    error: str = ""
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), sort_keys=True).encode()
@@ -66,7 +77,10 @@ class Experiment:
     @classmethod
     def from_json(cls, data: bytes) -> Experiment:
         fields = json.loads(data)
-        return cls(**{k: fields[k] for k in cls.__dataclass_fields__})
+        known = {k: fields[k] for k in cls.__dataclass_fields__ if k in fields}
+        if "overrides" in known:
+            known["overrides"] = tuple(known["overrides"])
+        return cls(**known)
 
 
 def validate_name(name: str) -> None:
@@ -118,6 +132,23 @@ def list_experiments(store: Store) -> list[Experiment]:
         return [bytes(value) for _, value in cursor]
 
     return [Experiment.from_json(v) for v in store.env.read(collect)]
+
+
+def update_experiment(store: Store, name: str, **changes: Any) -> Experiment:
+    """Change fields of experiment `name`'s record in one transaction; return it."""
+    key = os.fsencode(name)
+    handle = _db(store)
+
+    def write(txn: Any) -> Experiment:
+        data = txn.get(key, db=handle)
+        if data is None:
+            raise ExperimentNotFound(f"experiment {name!r} was removed")
+        updated = replace(Experiment.from_json(data), **changes)
+        txn.put(key, updated.to_json(), db=handle)
+        return updated
+
+    result: Experiment = store.env.write(write)
+    return result
 
 
 def _put(store: Store, experiment: Experiment) -> None:
