@@ -82,6 +82,9 @@ def _sshd_binary() -> str | None:
     if found is None and os.geteuid() == 0 and shutil.which("apt-get"):
         env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
         subprocess.run(
+            ["apt-get", "update", "-qq"], env=env, capture_output=True, timeout=600
+        )
+        subprocess.run(
             ["apt-get", "install", "-y", "-qq", "openssh-server"],
             env=env,
             capture_output=True,

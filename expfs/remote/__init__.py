@@ -1,7 +1,8 @@
 """Remotes: objects and run-cache entries shared through fsspec URLs.
 
-Modules, lowest first: `config` (where remotes are defined), `backend`
-(atomic writes per fsspec backend), `transfer` (objects: push, pull,
-verify), `inputs` (what a run key hashes), `entries` (run-cache entries on
-a remote), `runs` (the calls that repro and the CLI make) and `gc`.
+Modules, lowest first: `config` defines remotes and `backend` writes
+atomically on each fsspec backend. `transfer` pushes, pulls and verifies
+objects, `inputs` keeps what a run key hashes, and `entries` reads and
+writes run-cache entries on a remote. `runs` has the calls that repro and
+the CLI make, and `gc` removes what nothing on a remote reaches.
 """

@@ -217,7 +217,7 @@ class Backend:
     def upload_file(self, local_path: str, rel: str, digest: str) -> None:
         """Publish a local file as `rel`, verifying that it hashes to `digest`.
 
-        A name that is already taken holds the same bytes (objects are named
+        A name that is already taken contains the same bytes (objects are named
         by digest), so losing that race is success.
         """
         if self.scheme in ("file", "sftp"):
