@@ -112,7 +112,7 @@ class Backend:
             # sftp gets one connection per thread: paramiko's SFTP client is
             # not meant to be shared by threads that each wait on a reply.
             skip = self.scheme == "sftp"
-            return fsspec.core.url_to_fs(
+            found: tuple[Any, str] = fsspec.core.url_to_fs(
                 self.config.url, skip_instance_cache=skip, **self._options
             )
         except ImportError as exc:
@@ -129,6 +129,7 @@ class Backend:
             raise RemoteError(
                 f"cannot connect to remote {self.label}: {self.redact(str(exc))}"
             ) from None
+        return found
 
     @property
     def fs(self) -> Any:
@@ -176,10 +177,11 @@ class Backend:
     def open_read(self, rel: str) -> BinaryIO:
         if self.scheme == "file":
             return open(self.path(rel), "rb")
-        return self.call(
+        handle: BinaryIO = self.call(
             f"opening {rel}",
             lambda: self.fs.open(self.path(rel), "rb", block_size=CHUNK_BYTES),
         )
+        return handle
 
     def list_names(self, rel_dir: str) -> list[str]:
         """Return the names in a folder (or under an S3 prefix); [] when absent."""

@@ -25,6 +25,7 @@ import json
 import logging
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
 from typing import Any
 
 import blake3
@@ -158,7 +159,7 @@ def read_entry(remote: Remote, run_key: str) -> RemoteEntry | None:
         rel = f"{folder}/{digest}"
         try:
             data = remote.retry(
-                "reading an entry", lambda r=rel: remote.backend.read_bytes(r)
+                "reading an entry", partial(remote.backend.read_bytes, rel)
             )
         except FileNotFoundError:
             continue
@@ -248,7 +249,7 @@ def list_entries(remote: Remote) -> list[tuple[str, bytes]]:
     for rel, _ in remote.backend.walk_files(RUNS_DIR):
         try:
             data = remote.retry(
-                "reading an entry", lambda r=rel: remote.backend.read_bytes(r)
+                "reading an entry", partial(remote.backend.read_bytes, rel)
             )
         except FileNotFoundError:
             continue

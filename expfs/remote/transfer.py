@@ -280,7 +280,9 @@ class Remote:
     ) -> tuple[list[str], list[list[str]]]:
         from expfs.errors import MissingObject
 
-        level = {digest: kind == Kind.DIRECTORY for kind, digest in roots}
+        level: dict[str, bool] = {
+            digest: kind == Kind.DIRECTORY for kind, digest in roots
+        }
         seen = set(level)
         blobs: list[str] = []
         trees_by_depth: list[list[str]] = []
@@ -325,7 +327,7 @@ class Remote:
         """
         wanted_blobs: list[str] = []
         fetched_trees: list[tuple[Digest, bytes]] = []
-        level = {d: k == Kind.DIRECTORY for k, d in roots}
+        level: dict[str, bool] = {d: k == Kind.DIRECTORY for k, d in roots}
         seen = set(level)
         while level:
             trees = [
