@@ -9,13 +9,16 @@ whose dependencies did not change while they ran are recorded.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import os
+import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -28,6 +31,7 @@ from expfs.pipeline.runkey import stage_run_key
 from expfs.repro.lockfile import LOCK_NAME, LockedStage, LockFile
 from expfs.repro.place import Place
 from expfs.runcache import OutputRecord, RunCache, RunRecord
+from expfs.store import layout
 from expfs.store.objects import Store
 from expfs.store.trees import Digest, Kind
 
@@ -46,6 +50,53 @@ class StageFailed(ExpfsError):
         self.exit_code = status if 0 < status < 128 else 1
 
 
+class StageStopped(ExpfsError):
+    """The run was cancelled while a stage ran: its process group was ended."""
+
+    exit_code = 130
+
+    def __init__(self, stage: str) -> None:
+        super().__init__(
+            f"stage '{stage}' was stopped: its processes were ended and nothing "
+            "was recorded in the run-cache"
+        )
+        self.stage = stage
+
+
+CANCEL_POLL_S = 0.2
+# How long a stopped command gets between SIGTERM and SIGKILL.
+STOP_GRACE_S = 5.0
+LOCKS_DIR = "locks"
+
+
+def stop_process_group(proc: subprocess.Popen[str]) -> None:
+    """End a command's whole process group: SIGTERM, then SIGKILL after a grace."""
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=STOP_GRACE_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    except ProcessLookupError:
+        proc.wait()
+
+
+@contextlib.contextmanager
+def single_flight(store: Store, key: str) -> Iterator[None]:
+    """Hold the lock of run key `key` across processes while it is computed."""
+    folder = os.path.join(store.root, layout.RUN_DIR, LOCKS_DIR)
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    path = os.path.join(folder, f"{key}.lock")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 @dataclass
 class Options:
     force: bool = False
@@ -56,6 +107,8 @@ class Options:
     keep_going: bool = False
     # Neither look up nor push runs on the default remote.
     no_remote: bool = False
+    # Polled while a command runs and between stages; True stops the run.
+    cancelled: Callable[[], bool] | None = None
 
 
 @dataclass
@@ -97,6 +150,7 @@ class Repro:
         self.pipeline: Pipeline = load_pipeline(stage_path, self.root)
         self.dag = build_dag(self.pipeline.stages.values(), str(stage_path))
         self.lock = LockFile(str(stage_path.parent / LOCK_NAME))
+        self._current: str | None = None
 
     # -- selection -----------------------------------------------------------
 
@@ -123,6 +177,9 @@ class Repro:
         outcomes: list[Outcome] = []
         failed: set[str] = set()
         for name in self.select(targets):
+            if self.options.cancelled is not None and self.options.cancelled():
+                raise StageStopped(name)
+            self._current = name
             stage = self.dag.stages[name]
             if any(up in failed for up in self.dag.ancestors(name)):
                 outcomes.append(
@@ -202,18 +259,41 @@ class Repro:
                 stage.name, "skipped", time.monotonic() - started, run_key=inputs.key
             )
         no_cache_reason = self.cacheable(stage)
-        if not no_cache_reason and not self.options.force:
-            record = self.runs.lookup(inputs.key, stage.name)
-            if record is None and not self.options.dry:
-                record = self._remote_lookup(stage, inputs)
-            if record is not None:
-                if self.options.dry:
-                    return Outcome(stage.name, "would restore", reason="run-cache hit")
-                if self._restore(stage, record):
-                    self._lock(stage, inputs, record.outputs)
-                    self.runs.count_restore(inputs.key)
-                    elapsed = time.monotonic() - started
-                    return Outcome(stage.name, "restored", elapsed, run_key=inputs.key)
+        if no_cache_reason or self.options.force:
+            return self._run_or_describe(stage, inputs, no_cache_reason, started)
+        restored = self._try_restore(stage, inputs, started)
+        if restored is not None:
+            return restored
+        if self.options.dry:
+            return self._run_or_describe(stage, inputs, no_cache_reason, started)
+        # Single flight: two runs reaching one run key at once compute it once.
+        # The second waits for the first's lock, then restores what it recorded.
+        with single_flight(self.store, inputs.key):
+            restored = self._try_restore(stage, inputs, started)
+            if restored is not None:
+                return restored
+            return self._execute(stage, inputs, no_cache_reason, started)
+
+    def _try_restore(
+        self, stage: Stage, inputs: _Inputs, started: float
+    ) -> Outcome | None:
+        record = self.runs.lookup(inputs.key, stage.name)
+        if record is None and not self.options.dry:
+            record = self._remote_lookup(stage, inputs)
+        if record is None:
+            return None
+        if self.options.dry:
+            return Outcome(stage.name, "would restore", reason="run-cache hit")
+        if not self._restore(stage, record):
+            return None
+        self._lock(stage, inputs, record.outputs)
+        self.runs.count_restore(inputs.key)
+        elapsed = time.monotonic() - started
+        return Outcome(stage.name, "restored", elapsed, run_key=inputs.key)
+
+    def _run_or_describe(
+        self, stage: Stage, inputs: _Inputs, no_cache_reason: str, started: float
+    ) -> Outcome:
         if self.options.dry:
             why = "forced" if self.options.force else self._why_run(stage, inputs)
             return Outcome(stage.name, "would run", reason=why)
@@ -320,14 +400,26 @@ class Repro:
         reader = threading.Thread(target=pump, daemon=True)
         reader.start()
         try:
-            status = proc.wait()
-        except KeyboardInterrupt:
-            os.killpg(proc.pid, 15)
-            proc.wait()
+            status = self._wait(proc)
+        except BaseException:
+            stop_process_group(proc)
             raise
         reader.join()
         proc.stdout.close()
         return status
+
+    def _wait(self, proc: subprocess.Popen[str]) -> int:
+        """Wait for a command, ending its process group if the run is cancelled."""
+        cancelled = self.options.cancelled
+        if cancelled is None:
+            return proc.wait()
+        while True:
+            try:
+                return proc.wait(timeout=CANCEL_POLL_S)
+            except subprocess.TimeoutExpired:
+                if cancelled():
+                    stop_process_group(proc)
+                    raise StageStopped(self._current or "?") from None
 
     def _collect(self, stage: Stage) -> list[OutputRecord]:
         for out in stage.outs:
