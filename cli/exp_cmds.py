@@ -32,6 +32,10 @@ def register(sub: Any) -> None:
     p.add_argument("name", help="experiment name")
     p.set_defaults(handler=cmd_remove)
 
+    from expfs_cli import run_cmds
+
+    run_cmds.register_exp(exp_sub)
+
 
 def cmd_new(args: argparse.Namespace) -> int:
     from expfs.experiments import create_experiment, repo_root

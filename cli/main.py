@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "expfs_cli.mount_cmds",
     "expfs_cli.stage_cmds",
     "expfs_cli.remote_cmds",
+    "expfs_cli.run_cmds",
 )
 
 

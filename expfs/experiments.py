@@ -162,12 +162,21 @@ def _delete(store: Store, name: str) -> None:
 
 
 def create_experiment(
-    store: Store, repo: str, name: str, from_rev: str | None = None
+    store: Store,
+    repo: str,
+    name: str,
+    from_rev: str | None = None,
+    *,
+    base: Digest | None = None,
+    status: str = STATUS_CREATED,
+    overrides: tuple[str, ...] = (),
 ) -> Experiment:
     """Create experiment `name` from commit `from_rev` or the working tree.
 
     Without `from_rev` the base is the working tree as the user sees it:
-    HEAD plus modified and untracked files that `.gitignore` keeps.
+    HEAD plus modified and untracked files that `.gitignore` keeps, plus
+    what the pipeline declares though Git ignores it (see `declared_paths`).
+    A sweep snapshots once and passes that `base` to every experiment.
     """
     from expfs.workspace import Workspace
 
@@ -178,10 +187,8 @@ def create_experiment(
             f"remove it first with `expfs exp remove {name}`"
         )
     commit = resolve_commit(repo, from_rev or "HEAD")
-    if from_rev is None:
-        base = snapshot_worktree(store, repo)
-    else:
-        base = snapshot_commit(store, repo, commit)
+    if base is None:
+        base = snapshot_base(store, repo, from_rev)
     if Workspace.exists(store, name):
         log.warning("removing the orphan workspace %s left without a record", name)
         Workspace.remove(store, name)
@@ -191,10 +198,58 @@ def create_experiment(
     except BaseException:
         Workspace.remove(store, name)
         raise
-    experiment = Experiment(name, base, commit, time.time(), STATUS_CREATED, gitdir)
+    experiment = Experiment(
+        name, base, commit, time.time(), status, gitdir, overrides=overrides
+    )
     _put(store, experiment)
     log.info("created experiment %s on base %s (commit %s)", name, base, commit[:12])
     return experiment
+
+
+def snapshot_base(store: Store, repo: str, from_rev: str | None = None) -> Digest:
+    """Snapshot what a new experiment starts from: a commit or the working tree."""
+    if from_rev is not None:
+        return snapshot_commit(store, repo, resolve_commit(repo, from_rev))
+    return snapshot_worktree(store, repo, declared_paths(repo))
+
+
+def declared_paths(repo: str) -> list[bytes]:
+    """Return paths the pipeline declares that exist but that Git ignores.
+
+    DVC users keep data and cached outputs out of Git, so an experiment
+    must bring along declared deps, outputs named in the lock file and
+    files tracked by `.dvc` files, or its stages would find nothing.
+    """
+    from pathlib import Path
+
+    from expfs.errors import ExpfsError
+    from expfs.pipeline import load_pipeline
+
+    candidates: set[str] = set()
+    stage_file = Path(repo, "dvc.yaml")
+    if stage_file.exists():
+        try:
+            pipeline = load_pipeline(stage_file, repo, check_graph=False)
+        except ExpfsError as exc:
+            log.warning("cannot read %s for declared paths: %s", stage_file, exc)
+        else:
+            for stage in pipeline.stages.values():
+                candidates.update(d.workspace_path for d in stage.deps)
+                candidates.update(p.workspace_path for p in stage.params)
+                candidates.update(o.workspace_path for o in stage.outs)
+    for dvc_file in Path(repo).rglob("*.dvc"):
+        if ".expfs" in dvc_file.parts or ".git" in dvc_file.parts:
+            continue
+        candidates.add(os.path.relpath(dvc_file.with_suffix(""), repo))
+    existing = [p for p in sorted(candidates) if os.path.lexists(os.path.join(repo, p))]
+    if not existing:
+        return []
+    proc = subprocess.run(
+        ["git", "-C", repo, "check-ignore", "--no-index", "--stdin", "-z"],
+        input=b"\0".join(os.fsencode(p) for p in existing) + b"\0",
+        capture_output=True,
+    )
+    return [p for p in proc.stdout.split(b"\0") if p]
 
 
 def remove_experiment(store: Store, name: str) -> None:

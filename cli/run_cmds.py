@@ -1,0 +1,219 @@
+"""Running experiments: exp run, exp kill, and the queue commands."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from typing import Any
+
+
+def register_exp(exp_sub: Any) -> None:
+    """Add `exp run` and `exp kill` to the `exp` command group."""
+    p = exp_sub.add_parser(
+        "run",
+        help="run the pipeline in new experiments, one per combination of -S values",
+        description="Create experiments from the working tree as you see it (HEAD "
+        "plus uncommitted files, plus what the pipeline declares though Git ignores "
+        "it), apply each combination of -S overrides in its own workspace (your "
+        "files never change), mount it, run `expfs repro` there with the shared "
+        "run-cache, record params and metrics, and unmount.",
+    )
+    p.add_argument(
+        "-S",
+        "--set-param",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="[FILE:]KEY=VALUE",
+        help="set a param (train.lr=0.1); comma lists and range(start, stop, step) "
+        "make a sweep over every combination; +KEY=VALUE adds a missing key",
+    )
+    p.add_argument("-n", "--name", help="experiment name (a sweep appends -1, -2, ...)")
+    p.add_argument(
+        "-j",
+        "--jobs",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run N experiments at once",
+    )
+    p.add_argument(
+        "--queue",
+        action="store_true",
+        help="record the experiments without running them",
+    )
+    p.add_argument(
+        "--keep-mounted",
+        action="store_true",
+        help="leave each workspace mounted afterwards",
+    )
+    p.set_defaults(handler=cmd_exp_run)
+
+    p = exp_sub.add_parser("kill", help="stop running experiments")
+    p.add_argument("names", nargs="+", metavar="NAME", help="experiments to stop")
+    p.set_defaults(handler=cmd_exp_kill)
+
+
+def register(sub: Any) -> None:
+    queue = sub.add_parser("queue", help="run, inspect and stop queued experiments")
+    queue_sub = queue.add_subparsers(
+        dest="queue_command", metavar="COMMAND", required=True
+    )
+
+    p = queue_sub.add_parser("start", help="run every queued experiment")
+    p.add_argument(
+        "-j",
+        "--jobs",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run N experiments at once",
+    )
+    p.set_defaults(handler=cmd_queue_start)
+
+    p = queue_sub.add_parser(
+        "status", help="list queued, running and finished experiments"
+    )
+    p.set_defaults(handler=cmd_queue_status)
+
+    p = queue_sub.add_parser("logs", help="print the output of an experiment's run")
+    p.add_argument("name", help="experiment name")
+    p.set_defaults(handler=cmd_queue_logs)
+
+    p = queue_sub.add_parser("stop", help="stop every running experiment")
+    p.set_defaults(handler=cmd_queue_stop)
+
+
+def _check_jobs(jobs: int) -> None:
+    from expfs.errors import UsageError
+
+    if jobs < 1:
+        raise UsageError(f"-j {jobs} is invalid: give at least 1")
+
+
+def _summary(experiments: list[Any]) -> int:
+    failed = [e for e in experiments if e.status != "success"]
+    for e in experiments:
+        metrics = ", ".join(
+            f"{key}={value}"
+            for values in e.metrics.values()
+            for key, value in values.items()
+        )
+        print(f"{e.name}: {e.status}{'  ' + metrics if metrics else ''}")
+    if failed:
+        names = ", ".join(e.name for e in failed)
+        print(
+            f"{len(failed)} of {len(experiments)} experiments did not succeed ({names}): "
+            "see `expfs queue logs NAME`",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def cmd_exp_run(args: argparse.Namespace) -> int:
+    from expfs.store.repo import store_for
+    from expfs.sweep import run_experiments
+
+    _check_jobs(args.jobs)
+    store = store_for(".")
+    try:
+        experiments = run_experiments(
+            store,
+            args.overrides,
+            name=args.name,
+            jobs=args.jobs,
+            queue=args.queue,
+            keep_mounted=args.keep_mounted,
+        )
+    except KeyboardInterrupt:
+        print("expfs: interrupted: running experiments were stopped", file=sys.stderr)
+        return 130
+    if args.queue:
+        for e in experiments:
+            print(f"queued {e.name} ({', '.join(e.overrides) or 'no overrides'})")
+        return 0
+    return _summary(experiments)
+
+
+def cmd_exp_kill(args: argparse.Namespace) -> int:
+    from expfs.experiments import get_experiment
+    from expfs.store.repo import store_for
+    from expfs.sweep import stop_experiments
+
+    store = store_for(".")
+    for name in args.names:
+        get_experiment(store, name)
+    stopped = stop_experiments(store, args.names)
+    for name in args.names:
+        state = "stopped" if name in stopped else "was not running"
+        print(f"{name}: {state}")
+    return 0
+
+
+def cmd_queue_start(args: argparse.Namespace) -> int:
+    from expfs.store.repo import store_for
+    from expfs.sweep import start_queue
+
+    _check_jobs(args.jobs)
+    store = store_for(".")
+    try:
+        experiments = start_queue(store, args.jobs)
+    except KeyboardInterrupt:
+        print("expfs: interrupted: running experiments were stopped", file=sys.stderr)
+        return 130
+    if not experiments:
+        print("no queued experiments")
+        return 0
+    return _summary(experiments)
+
+
+def cmd_queue_status(args: argparse.Namespace) -> int:
+    from expfs.experiments import list_experiments
+    from expfs.store.repo import store_for
+
+    store = store_for(".")
+    rows = sorted(list_experiments(store), key=lambda e: e.created)
+    if not rows:
+        print("no experiments")
+        return 0
+    print(f"{'NAME':<24} {'STATUS':<9} {'CREATED':<16} {'TIME':>8}  OVERRIDES / ERROR")
+    for e in rows:
+        created = time.strftime("%Y-%m-%d %H:%M", time.localtime(e.created))
+        took = f"{e.finished - e.started:.1f} s" if e.started and e.finished else "-"
+        detail = e.error or ", ".join(e.overrides)
+        print(f"{e.name:<24} {e.status:<9} {created:<16} {took:>8}  {detail}")
+    return 0
+
+
+def cmd_queue_logs(args: argparse.Namespace) -> int:
+    from expfs.errors import UsageError
+    from expfs.experiments import get_experiment
+    from expfs.store.repo import store_for
+    from expfs.sweep import run_log_path
+
+    store = store_for(".")
+    get_experiment(store, args.name)
+    path = run_log_path(store, args.name)
+    if not os.path.exists(path):
+        raise UsageError(f"experiment {args.name} has not run yet, so it has no log")
+    with open(path) as f:
+        sys.stdout.write(f.read())
+    return 0
+
+
+def cmd_queue_stop(args: argparse.Namespace) -> int:
+    from expfs.experiments import list_experiments
+    from expfs.store.repo import store_for
+    from expfs.sweep import STATUS_RUNNING, stop_experiments
+
+    store = store_for(".")
+    running = [e.name for e in list_experiments(store) if e.status == STATUS_RUNNING]
+    stopped = stop_experiments(store, running)
+    print(
+        f"stopped {len(stopped)} experiments"
+        + (f": {', '.join(stopped)}" if stopped else "")
+    )
+    return 0

@@ -1,0 +1,438 @@
+"""Run experiments: one or a sweep, each in its own mounted workspace.
+
+A sweep snapshots the user's working tree once, creates one experiment per
+combination of `-S` values on that base (O(1) each), and runs them `jobs`
+at a time. Each run mounts its workspace, applies its overrides there (the
+user's files never change), runs the pipeline with the shared run-cache,
+records params, metrics and the resulting snapshot, and unmounts. A failed
+experiment is marked failed with its log and the others go on; a stopped
+one (Ctrl-C, `expfs exp kill`, `expfs queue stop`) has its stage's process
+group ended and records nothing for that stage.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import blake3
+
+from expfs.errors import ExpfsError, UsageError
+from expfs.experiments import (
+    Experiment,
+    create_experiment,
+    get_experiment,
+    list_experiments,
+    repo_root,
+    snapshot_base,
+    update_experiment,
+    validate_name,
+)
+from expfs.store import layout
+from expfs.store.objects import Store
+from expfs.store.trees import Digest
+
+log = logging.getLogger(__name__)
+
+STATUS_QUEUED = "queued"
+STATUS_RUNNING = "running"
+STATUS_SUCCESS = "success"
+STATUS_FAILED = "failed"
+STATUS_STOPPED = "stopped"
+# How often a running experiment checks for a stop request, in seconds.
+STOP_POLL_S = 0.2
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One experiment to create: its name and its single-valued overrides."""
+
+    name: str
+    overrides: tuple[str, ...]
+
+
+def override_text(override: Any) -> str:
+    """Write a single-valued override back as `[file:]key=value`."""
+    import yaml
+
+    from expfs.pipeline.params import DEFAULT_PARAMS_FILE
+
+    prefix = "" if override.file == DEFAULT_PARAMS_FILE else f"{override.file}:"
+    marker = {"add": "+", "force": "++", "delete": "~"}.get(override.action, "")
+    if override.action == "delete":
+        return f"{prefix}{marker}{override.key}"
+    value = yaml.safe_dump(override.value, default_flow_style=True).strip()
+    value = value.removesuffix("\n...").strip()
+    return f"{prefix}{marker}{override.key}={value}"
+
+
+def plan_sweep(
+    store: Store, texts: Sequence[str], name: str | None, base: Digest
+) -> list[Plan]:
+    """Expand `-S` arguments into one plan per combination, with unique names."""
+    from expfs.pipeline.overrides import expand_sweeps, parse_override
+
+    parsed = [parse_override(t) for t in texts]
+    combinations = expand_sweeps(parsed)
+    taken = {e.name for e in list_experiments(store)}
+    plans: list[Plan] = []
+    for index, combination in enumerate(combinations):
+        overrides = tuple(override_text(o) for o in combination)
+        if name is not None:
+            chosen = name if len(combinations) == 1 else f"{name}-{index + 1}"
+            validate_name(chosen)
+            if chosen in taken:
+                raise UsageError(
+                    f"an experiment named {chosen!r} already exists: pick another "
+                    f"--name or remove it with `expfs exp remove {chosen}`"
+                )
+        else:
+            chosen = _generated_name(base, overrides, taken)
+        taken.add(chosen)
+        plans.append(Plan(chosen, overrides))
+    return plans
+
+
+def _generated_name(base: str, overrides: tuple[str, ...], taken: set[str]) -> str:
+    seed = "\0".join([base, *overrides, str(time.time_ns())]).encode()
+    digest = blake3.blake3(seed).hexdigest()
+    for width in range(6, 64):
+        candidate = f"exp-{digest[:width]}"
+        if candidate not in taken:
+            return candidate
+    raise AssertionError("a 64-digit digest cannot collide with every name")
+
+
+def create_planned(
+    store: Store, plans: Iterable[Plan], base: Digest, status: str
+) -> list[Experiment]:
+    repo = repo_root(store)
+    return [
+        create_experiment(
+            store, repo, p.name, base=base, status=status, overrides=p.overrides
+        )
+        for p in plans
+    ]
+
+
+# -- stop requests ---------------------------------------------------------------
+
+
+def stop_flag_path(store: Store, name: str) -> str:
+    return os.path.join(store.root, layout.RUN_DIR, f"{name}.stop")
+
+
+def request_stop(store: Store, name: str) -> None:
+    """Ask the process running experiment `name` to stop it."""
+    with open(stop_flag_path(store, name), "w") as f:
+        f.write(f"{os.getpid()}\n")
+
+
+def _clear_stop(store: Store, name: str) -> None:
+    try:
+        os.unlink(stop_flag_path(store, name))
+    except FileNotFoundError:
+        pass
+
+
+def run_log_path(store: Store, name: str) -> str:
+    return os.path.join(store.root, layout.LOGS_DIR, f"{name}.run.log")
+
+
+# -- running -----------------------------------------------------------------------
+
+
+class _PrefixedOutput:
+    """A text stream that writes each line to a log file and, prefixed, to a terminal."""
+
+    def __init__(
+        self, name: str, log_file: TextIO, echo: TextIO | None, lock: threading.Lock
+    ):
+        self.name = name
+        self.log_file = log_file
+        self.echo = echo
+        self.lock = lock
+        self.pending = ""
+
+    def write(self, text: str) -> int:
+        self.log_file.write(text)
+        if self.echo is None:
+            return len(text)
+        self.pending += text
+        *lines, self.pending = self.pending.split("\n")
+        with self.lock:
+            for line in lines:
+                self.echo.write(f"[{self.name}] {line}\n")
+            self.echo.flush()
+        return len(text)
+
+    def flush(self) -> None:
+        self.log_file.flush()
+
+
+@dataclass
+class Runner:
+    """Runs experiments of one store, `jobs` at a time."""
+
+    store: Store
+    jobs: int = 1
+    keep_mounted: bool = False
+    echo: TextIO | None = sys.stdout
+    stop_event: threading.Event | None = None
+
+    def __post_init__(self) -> None:
+        self.stop_event = self.stop_event or threading.Event()
+        self.echo_lock = threading.Lock()
+
+    def run_all(self, names: Sequence[str]) -> list[Experiment]:
+        """Run experiments `names`; Ctrl-C stops every one that is running."""
+        if not names:
+            return []
+        assert self.stop_event is not None
+        with ThreadPoolExecutor(max_workers=max(1, self.jobs)) as pool:
+            futures = [pool.submit(self.run_one, name) for name in names]
+            try:
+                while not all(f.done() for f in futures):
+                    time.sleep(STOP_POLL_S)
+            except KeyboardInterrupt:
+                self.stop_event.set()
+                for future in futures:
+                    future.cancel()
+                pool.shutdown(wait=True)
+                raise
+        return [get_experiment(self.store, name) for name in names]
+
+    def run_one(self, name: str) -> Experiment:
+        """Mount, apply overrides, repro, record, unmount: one experiment."""
+        from expfs.fuse.mounts import start_mount, stop_mount
+        from expfs.repro.engine import StageStopped
+
+        assert self.stop_event is not None
+        if self.stop_event.is_set():
+            return update_experiment(
+                self.store,
+                name,
+                status=STATUS_STOPPED,
+                error="stopped before it started",
+            )
+        _clear_stop(self.store, name)
+        experiment = update_experiment(
+            self.store,
+            name,
+            status=STATUS_RUNNING,
+            started=time.time(),
+            finished=None,
+            error="",
+        )
+        self._say(
+            name, f"started ({', '.join(experiment.overrides) or 'no overrides'})"
+        )
+        status, error, changes = STATUS_FAILED, "", {}
+        with open(run_log_path(self.store, name), "w") as log_file:
+            output = _PrefixedOutput(name, log_file, self.echo, self.echo_lock)
+            mountpoint = None
+            try:
+                mountpoint = start_mount(self.store, name)
+                changes = self._run_in_mount(experiment, mountpoint, output)
+                status = STATUS_SUCCESS
+            except StageStopped as exc:
+                status, error = STATUS_STOPPED, exc.message
+            except ExpfsError as exc:
+                error = exc.message
+                output.write(f"error: {exc.message}\n")
+            except Exception as exc:
+                log.exception("experiment %s failed unexpectedly", name)
+                error = f"{type(exc).__name__}: {exc}"
+                output.write(f"error: {error}\n")
+            finally:
+                if mountpoint is not None and not self.keep_mounted:
+                    try:
+                        stop_mount(self.store, name)
+                    except ExpfsError as exc:
+                        log.warning("unmount of experiment %s failed: %s", name, exc)
+        _clear_stop(self.store, name)
+        finished = update_experiment(
+            self.store,
+            name,
+            status=status,
+            error=error,
+            finished=time.time(),
+            **changes,
+        )
+        elapsed = (finished.finished or 0) - (finished.started or 0)
+        why = f": {error}" if error else ""
+        self._say(name, f"{status} in {elapsed:.1f} s{why}")
+        return finished
+
+    def _cancelled(self, name: str) -> Callable[[], bool]:
+        flag = stop_flag_path(self.store, name)
+        event = self.stop_event
+        assert event is not None
+        return lambda: event.is_set() or os.path.exists(flag)
+
+    def _run_in_mount(
+        self, experiment: Experiment, mountpoint: str, output: _PrefixedOutput
+    ) -> dict[str, Any]:
+        from expfs.fuse.control import ControlClient
+        from expfs.pipeline.overrides import apply_overrides, parse_override
+        from expfs.repro.engine import Options, Repro
+        from expfs.repro.place import DaemonPlace
+
+        if experiment.overrides:
+            overrides = [parse_override(t) for t in experiment.overrides]
+            apply_overrides(overrides, mountpoint, mountpoint)
+        with ControlClient(self.store.root, experiment.name, timeout_s=None) as client:
+            place = DaemonPlace(self.store, mountpoint, client)
+            options = Options(cancelled=self._cancelled(experiment.name))
+            repro = Repro(self.store, place, options=options, out=output)  # type: ignore[arg-type]
+            repro.run()
+            params = collect_params(repro.pipeline, Path(mountpoint))
+            metrics = collect_metrics(repro.pipeline, Path(mountpoint))
+            result = client.snapshot()
+        return {"params": params, "metrics": metrics, "result": result}
+
+    def _say(self, name: str, text: str) -> None:
+        if self.echo is None:
+            return
+        with self.echo_lock:
+            self.echo.write(f"[{name}] {text}\n")
+            self.echo.flush()
+
+
+# -- params and metrics ------------------------------------------------------------
+
+
+def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    """Flatten nested mappings into {dotted.key: value}; lists stay values."""
+    if not isinstance(data, dict):
+        return {prefix: data} if prefix else {}
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        path = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, path))
+        else:
+            flat[path] = value
+    return flat
+
+
+def collect_params(pipeline: Any, root: Path) -> dict[str, dict[str, Any]]:
+    """Read every params file the pipeline uses, flattened per file."""
+    from expfs.pipeline.params import DEFAULT_PARAMS_FILE, read_params
+
+    files = {DEFAULT_PARAMS_FILE, *pipeline.params_files}
+    for stage in pipeline.stages.values():
+        files.update(p.workspace_path for p in stage.params)
+    found: dict[str, dict[str, Any]] = {}
+    for name in sorted(files):
+        if (root / name).exists():
+            found[name] = _jsonable(flatten(read_params(root / name)))
+    return found
+
+
+def collect_metrics(pipeline: Any, root: Path) -> dict[str, dict[str, Any]]:
+    """Read every metrics file the pipeline declares, flattened per file."""
+    import json
+
+    import yaml
+
+    files = set(pipeline.metrics)
+    for stage in pipeline.stages.values():
+        files.update(o.workspace_path for o in stage.outs_of("metrics"))
+    found: dict[str, dict[str, Any]] = {}
+    for name in sorted(files):
+        path = root / name
+        try:
+            text = path.read_text()
+            data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        except FileNotFoundError:
+            continue
+        except (OSError, ValueError, yaml.YAMLError) as exc:
+            log.warning("metrics file %s is unreadable: %s", path, exc)
+            continue
+        found[name] = _jsonable(flatten(data))
+    return found
+
+
+def _jsonable(values: dict[str, Any]) -> dict[str, Any]:
+    import json
+
+    return {k: v if _is_json(v, json) else str(v) for k, v in values.items()}
+
+
+def _is_json(value: Any, json: Any) -> bool:
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+# -- entry points --------------------------------------------------------------------
+
+
+def run_experiments(
+    store: Store,
+    overrides: Sequence[str],
+    *,
+    name: str | None = None,
+    jobs: int = 1,
+    queue: bool = False,
+    keep_mounted: bool = False,
+    echo: TextIO | None = sys.stdout,
+) -> list[Experiment]:
+    """Create the experiments of a sweep and run them (or only queue them)."""
+    repo = repo_root(store)
+    base = snapshot_base(store, repo)
+    plans = plan_sweep(store, overrides, name, base)
+    status = STATUS_QUEUED if queue else STATUS_RUNNING
+    created = create_planned(store, plans, base, status)
+    if queue:
+        return created
+    runner = Runner(store, jobs=jobs, keep_mounted=keep_mounted, echo=echo)
+    return runner.run_all([e.name for e in created])
+
+
+def start_queue(
+    store: Store, jobs: int, echo: TextIO | None = sys.stdout
+) -> list[Experiment]:
+    """Run every queued experiment, oldest first."""
+    queued = sorted(
+        (e for e in list_experiments(store) if e.status == STATUS_QUEUED),
+        key=lambda e: e.created,
+    )
+    return Runner(store, jobs=jobs, echo=echo).run_all([e.name for e in queued])
+
+
+def stop_experiments(
+    store: Store, names: Sequence[str], wait_s: float = 30.0
+) -> list[str]:
+    """Ask running experiments to stop and wait until they are; return those stopped."""
+    running = []
+    for name in names:
+        experiment = get_experiment(store, name)
+        if experiment.status != STATUS_RUNNING:
+            continue
+        request_stop(store, name)
+        running.append(name)
+    deadline = time.monotonic() + wait_s
+    pending = set(running)
+    while pending and time.monotonic() < deadline:
+        pending = {
+            n for n in pending if get_experiment(store, n).status == STATUS_RUNNING
+        }
+        time.sleep(STOP_POLL_S)
+    if pending:
+        raise ExpfsError(
+            f"experiments still running after {wait_s:.0f} s: {', '.join(sorted(pending))}; "
+            "is the process that runs them alive? see `expfs queue status`"
+        )
+    return running

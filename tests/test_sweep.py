@@ -1,0 +1,243 @@
+"""`expfs exp run` on real mounts: sweeps, failures, single flight, queue and kill."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.fuse
+
+EXPFS = [sys.executable, "-m", "expfs"]
+
+TRAIN_STAGE = """\
+stages:
+  train:
+    cmd: python3 train.py
+    deps: [train.py]
+    params: [lr, depth]
+    outs: [model.txt]
+    metrics: [{score.json: {cache: false}}]
+"""
+
+TRAIN_SCRIPT = """\
+import json, os, sys, time, yaml
+p = yaml.safe_load(open("params.yaml"))
+counter = os.environ.get("SWEEP_COUNTER")
+if counter:
+    with open(counter, "a") as f:
+        f.write(f"{p['lr']} {p['depth']}\\n")
+time.sleep(float(os.environ.get("SWEEP_SLEEP", "0")))
+if p["lr"] < 0:
+    sys.exit("lr must be positive")
+open("model.txt", "w").write(f"{p['lr']} {p['depth']}\\n")
+json.dump({"score": p["lr"] * p["depth"]}, open("score.json", "w"))
+"""
+
+
+def run(
+    cwd: Path, *args: str, check: bool = True, **env: str
+) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [*EXPFS, *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+    )
+    if check:
+        assert proc.returncode == 0, (
+            f"expfs {' '.join(args)}: {proc.stdout}{proc.stderr}"
+        )
+    return proc
+
+
+def show(repo: Path) -> dict[str, dict]:
+    from expfs.experiments import list_experiments
+    from expfs.store.repo import store_for
+
+    return {e.name: e for e in list_experiments(store_for(str(repo)))}  # type: ignore[misc]
+
+
+def tree_state(repo: Path) -> str:
+    status = subprocess.run(
+        ["git", "-C", str(repo), "status", "--porcelain"],
+        capture_output=True,
+        text=True,
+    ).stdout
+    return status + (repo / "params.yaml").read_text()
+
+
+def unmount_all(root: Path) -> None:
+    with open("/proc/self/mounts") as f:
+        targets = [line.split()[1] for line in f]
+    for target in targets:
+        if target.startswith(str(root) + "/"):
+            subprocess.run(["fusermount3", "-uz", target], check=False)
+
+
+@pytest.fixture
+def project(repo: Path) -> Iterator[Path]:
+    if not os.path.exists("/dev/fuse") or shutil.which("fusermount3") is None:
+        pytest.skip("needs /dev/fuse and fusermount3 (apt-get install fuse3)")
+    (repo / "dvc.yaml").write_text(TRAIN_STAGE)
+    (repo / "train.py").write_text(TRAIN_SCRIPT)
+    (repo / "params.yaml").write_text("lr: 0.1\ndepth: 2\n")
+    subprocess.run(["git", "-C", str(repo), "add", "-A"], check=True)
+    subprocess.run(["git", "-C", str(repo), "commit", "-qm", "pipeline"], check=True)
+    run(repo, "init")
+    try:
+        yield repo
+    finally:
+        unmount_all(repo)
+
+
+def mounted_below(root: Path) -> list[str]:
+    with open("/proc/self/mounts") as f:
+        return [line.split()[1] for line in f if line.split()[1].startswith(str(root))]
+
+
+def test_sweep_runs_every_combination(project: Path) -> None:
+    before = tree_state(project)
+    run(project, "exp", "run", "-S", "lr=0.1,0.2", "-S", "depth=2,3", "-j", "2")
+    experiments = show(project)
+    assert len(experiments) == 4
+    scores = sorted(e.metrics["score.json"]["score"] for e in experiments.values())
+    assert scores == pytest.approx([0.2, 0.3, 0.4, 0.6])
+    assert {e.status for e in experiments.values()} == {"success"}
+    assert tree_state(project) == before
+    assert mounted_below(project) == []
+
+
+def test_sweep_records_params_and_result(project: Path) -> None:
+    run(project, "exp", "run", "-S", "lr=0.5", "--name", "half")
+    experiment = show(project)["half"]
+    assert experiment.params["params.yaml"] == {"lr": 0.5, "depth": 2}
+    assert experiment.overrides == ("lr=0.5",)
+    assert experiment.result is not None
+    listing = run(project, "ls", experiment.result).stdout
+    assert "model.txt" in listing
+
+
+def test_second_sweep_restores(project: Path) -> None:
+    run(project, "exp", "run", "-S", "lr=0.1,0.2", "-j", "2")
+    run(project, "exp", "run", "-S", "lr=0.1,0.2", "-j", "2")
+    logs = [
+        run(project, "queue", "logs", name).stdout
+        for name, e in show(project).items()
+        if e.created == max(x.created for x in show(project).values())
+    ]
+    assert any("restored from the run-cache" in text for text in logs)
+
+
+def test_failed_experiment_among_good_ones(project: Path) -> None:
+    proc = run(project, "exp", "run", "-S", "lr=0.1,-1,0.3", "-j", "2", check=False)
+    assert proc.returncode == 1
+    experiments = show(project)
+    statuses = sorted(e.status for e in experiments.values())
+    assert statuses == ["failed", "success", "success"]
+    failed = next(name for name, e in experiments.items() if e.status == "failed")
+    assert "lr must be positive" in run(project, "queue", "logs", failed).stdout
+    assert "status 1" in experiments[failed].error
+    assert mounted_below(project) == []
+
+
+def test_same_run_key_computed_once(project: Path, tmp_path: Path) -> None:
+    counter = tmp_path / "counter.txt"
+    run(
+        project,
+        "exp",
+        "run",
+        "-S",
+        "lr=0.7,0.7",
+        "-j",
+        "2",
+        SWEEP_COUNTER=str(counter),
+        SWEEP_SLEEP="1",
+    )
+    assert counter.read_text().splitlines() == ["0.7 2"]
+    experiments = show(project)
+    assert [e.metrics["score.json"]["score"] for e in experiments.values()] == [
+        1.4,
+        1.4,
+    ]
+
+
+def test_queue_then_start(project: Path) -> None:
+    run(project, "exp", "run", "-S", "depth=4,5", "--queue")
+    assert {e.status for e in show(project).values()} == {"queued"}
+    assert "queued" in run(project, "queue", "status").stdout
+    run(project, "queue", "start", "-j", "2")
+    assert {e.status for e in show(project).values()} == {"success"}
+
+
+def test_kill_stops_running_experiment(project: Path, tmp_path: Path) -> None:
+    counter = tmp_path / "counter.txt"
+    env = {**os.environ, "SWEEP_SLEEP": "60", "SWEEP_COUNTER": str(counter)}
+    runner = subprocess.Popen(
+        [*EXPFS, "exp", "run", "--name", "slow"],
+        cwd=project,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not counter.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert counter.exists(), "the stage never started"
+        run(project, "exp", "kill", "slow")
+        assert runner.wait(timeout=30) == 1
+    finally:
+        if runner.poll() is None:
+            os.killpg(runner.pid, signal.SIGKILL)
+            runner.wait()
+    assert show(project)["slow"].status == "stopped"
+    assert json.loads(run(project, "runs", "--json").stdout) == []
+    assert mounted_below(project) == []
+
+
+def test_untracked_and_modified_files_reach_experiment(repo: Path) -> None:
+    if not os.path.exists("/dev/fuse") or shutil.which("fusermount3") is None:
+        pytest.skip("needs /dev/fuse and fusermount3 (apt-get install fuse3)")
+    (repo / "params.yaml").write_text("lr: 0.1\ndepth: 2\n")
+    subprocess.run(["git", "-C", str(repo), "add", "params.yaml"], check=True)
+    subprocess.run(["git", "-C", str(repo), "commit", "-qm", "params"], check=True)
+    (repo / "dvc.yaml").write_text(TRAIN_STAGE)
+    (repo / "train.py").write_text(TRAIN_SCRIPT)
+    (repo / "params.yaml").write_text("lr: 0.1\ndepth: 7\n")
+    (repo / ".gitignore").write_text("secret.txt\n")
+    (repo / "secret.txt").write_text("not for experiments\n")
+    run(repo, "init")
+    try:
+        run(repo, "exp", "run", "-S", "lr=0.2", "--name", "seen")
+    finally:
+        unmount_all(repo)
+    experiment = show(repo)["seen"]
+    assert experiment.status == "success"
+    assert experiment.params["params.yaml"] == {"lr": 0.2, "depth": 7}
+    listing = run(repo, "ls", experiment.result).stdout
+    assert "train.py" in listing
+    assert "secret.txt" not in listing
+
+
+def test_invalid_name_rejected(project: Path) -> None:
+    proc = run(project, "exp", "run", "--name", "a/b", check=False)
+    assert proc.returncode == 2
+    assert "invalid experiment name 'a/b'" in proc.stderr
+    assert show(project) == {}
+
+
+def test_unknown_param_rejected_before_anything_runs(project: Path) -> None:
+    proc = run(project, "exp", "run", "-S", "nosuch=1", check=False)
+    assert proc.returncode != 0
+    assert "nosuch" in proc.stdout + proc.stderr
