@@ -12,6 +12,7 @@ group ended and records nothing for that stage.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -179,8 +180,31 @@ class _PrefixedOutput:
 
 
 @dataclass
+class Row:
+    """What a sweep shows of one experiment while it runs."""
+
+    status: str = STATUS_QUEUED
+    stage: str = ""
+    ran: int = 0
+    restored: int = 0
+    skipped: int = 0
+    started: float | None = None
+    finished: float | None = None
+
+    def elapsed_s(self) -> float:
+        if self.started is None:
+            return 0.0
+        return (self.finished or time.monotonic()) - self.started
+
+
+@dataclass
 class Runner:
-    """Runs experiments of one store, `jobs` at a time."""
+    """Runs experiments of one store, `jobs` at a time.
+
+    On a terminal it draws one live line per experiment (stage, how many
+    stages ran or were restored, elapsed time) and keeps each run's output
+    in its log; otherwise it prints plain lines prefixed by the experiment.
+    """
 
     store: Store
     jobs: int = 1
@@ -191,24 +215,78 @@ class Runner:
     def __post_init__(self) -> None:
         self.stop_event = self.stop_event or threading.Event()
         self.echo_lock = threading.Lock()
+        self.rows: dict[str, Row] = {}
+        self.live = self.echo is not None and self.echo.isatty()
+
+    def _on_stage(self, name: str) -> Callable[[str, str], None]:
+        row = self.rows[name]
+
+        def update(stage: str, action: str) -> None:
+            row.stage = stage
+            if action == "ran":
+                row.ran += 1
+            elif action == "restored":
+                row.restored += 1
+            elif action in ("skipped", "frozen"):
+                row.skipped += 1
+
+        return update
+
+    def render(self) -> Any:
+        from rich.table import Table
+
+        table = Table(box=None, pad_edge=False)
+        for column in ("experiment", "status", "stage", "ran", "restored", "elapsed"):
+            table.add_column(
+                column,
+                justify="right" if column in ("ran", "restored", "elapsed") else "left",
+            )
+        for name, row in self.rows.items():
+            table.add_row(
+                name,
+                row.status,
+                row.stage,
+                str(row.ran),
+                str(row.restored),
+                f"{row.elapsed_s():.1f} s",
+            )
+        return table
 
     def run_all(self, names: Sequence[str]) -> list[Experiment]:
         """Run experiments `names`; Ctrl-C stops every one that is running."""
         if not names:
             return []
         assert self.stop_event is not None
-        with ThreadPoolExecutor(max_workers=max(1, self.jobs)) as pool:
+        for name in names:
+            self.rows[name] = Row()
+        display = self._live_display()
+        with display, ThreadPoolExecutor(max_workers=max(1, self.jobs)) as pool:
             futures = [pool.submit(self.run_one, name) for name in names]
             try:
                 while not all(f.done() for f in futures):
                     time.sleep(STOP_POLL_S)
+                    if self.live:
+                        display.update(self.render())
             except KeyboardInterrupt:
                 self.stop_event.set()
                 for future in futures:
                     future.cancel()
                 pool.shutdown(wait=True)
                 raise
+            finally:
+                if self.live:
+                    display.update(self.render())
         return [get_experiment(self.store, name) for name in names]
+
+    def _live_display(self) -> Any:
+        if not self.live:
+            return contextlib.nullcontext()
+        from rich.console import Console
+        from rich.live import Live
+
+        return Live(
+            self.render(), console=Console(file=self.echo), refresh_per_second=4
+        )
 
     def run_one(self, name: str) -> Experiment:
         """Mount, apply overrides, repro, record, unmount: one experiment."""
@@ -232,12 +310,15 @@ class Runner:
             finished=None,
             error="",
         )
+        row = self.rows.setdefault(name, Row())
+        row.status, row.started = STATUS_RUNNING, time.monotonic()
         self._say(
             name, f"started ({', '.join(experiment.overrides) or 'no overrides'})"
         )
         status, error, changes = STATUS_FAILED, "", {}
         with open(run_log_path(self.store, name), "w") as log_file:
-            output = _PrefixedOutput(name, log_file, self.echo, self.echo_lock)
+            echo = None if self.live else self.echo
+            output = _PrefixedOutput(name, log_file, echo, self.echo_lock)
             mountpoint = None
             try:
                 mountpoint = start_mount(self.store, name)
@@ -267,6 +348,7 @@ class Runner:
             finished=time.time(),
             **changes,
         )
+        row.status, row.finished = status, time.monotonic()
         elapsed = (finished.finished or 0) - (finished.started or 0)
         why = f": {error}" if error else ""
         self._say(name, f"{status} in {elapsed:.1f} s{why}")
@@ -291,7 +373,10 @@ class Runner:
             apply_overrides(overrides, mountpoint, mountpoint)
         with ControlClient(self.store.root, experiment.name, timeout_s=None) as client:
             place = DaemonPlace(self.store, mountpoint, client)
-            options = Options(cancelled=self._cancelled(experiment.name))
+            options = Options(
+                cancelled=self._cancelled(experiment.name),
+                on_stage=self._on_stage(experiment.name),
+            )
             repro = Repro(self.store, place, options=options, out=output)  # type: ignore[arg-type]
             repro.run()
             params = collect_params(repro.pipeline, Path(mountpoint))
@@ -300,7 +385,7 @@ class Runner:
         return {"params": params, "metrics": metrics, "result": result}
 
     def _say(self, name: str, text: str) -> None:
-        if self.echo is None:
+        if self.echo is None or self.live:
             return
         with self.echo_lock:
             self.echo.write(f"[{name}] {text}\n")

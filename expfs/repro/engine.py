@@ -109,6 +109,8 @@ class Options:
     no_remote: bool = False
     # Polled while a command runs and between stages; True stops the run.
     cancelled: Callable[[], bool] | None = None
+    # Called with (stage, "running") before a stage and (stage, action) after it.
+    on_stage: Callable[[str, str], None] | None = None
 
 
 @dataclass
@@ -186,6 +188,8 @@ class Repro:
                     Outcome(name, "skipped", reason="an upstream stage failed")
                 )
                 continue
+            if self.options.on_stage is not None:
+                self.options.on_stage(name, "running")
             try:
                 outcome = self.run_stage(stage)
             except StageFailed:
@@ -195,6 +199,8 @@ class Repro:
                 outcome = Outcome(name, "failed")
             outcomes.append(outcome)
             self._report(outcome)
+            if self.options.on_stage is not None:
+                self.options.on_stage(name, outcome.action)
         if failed:
             raise StageFailed(sorted(failed)[0], 1)
         return outcomes
