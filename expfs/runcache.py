@@ -27,6 +27,9 @@ from expfs.store.trees import Digest, Kind, raw
 # (hit, miss, incomplete, recorded, skipped), so a user can ask why a stage ran.
 decisions = logging.getLogger("expfs.runcache.decisions")
 
+# How much of a run's output its record keeps.
+LOG_TAIL_CHARS = 64 * 1024
+
 
 @dataclass(frozen=True)
 class OutputRecord:
@@ -52,6 +55,8 @@ class RunRecord:
     duration_s: float = 0.0
     exit_status: int = 0
     restored: int = 0
+    # The end of the commands' output (at most LOG_TAIL_CHARS characters).
+    log: str = ""
 
     def to_json(self) -> bytes:
         data = asdict(self)
@@ -61,7 +66,8 @@ class RunRecord:
     def from_json(cls, data: bytes) -> RunRecord:
         fields = json.loads(data)
         fields["outputs"] = [OutputRecord(**o) for o in fields["outputs"]]
-        return cls(**fields)
+        known = {k: v for k, v in fields.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
 
 
 def _present(store: Store, out: OutputRecord) -> bool:

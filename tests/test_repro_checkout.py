@@ -231,3 +231,16 @@ def test_cli_repro_reports_restore(store: Store, repo: Path) -> None:
     set_params(repo, 5, 0.1)
     proc = subprocess.run(cli, cwd=repo, check=True, capture_output=True, text=True)
     assert "stage 'train': restored from the run-cache" in proc.stdout
+
+
+def test_run_record_keeps_command_output(store: Store, repo: Path) -> None:
+    (repo / "dvc.yaml").write_text(
+        "stages:\n  s:\n    cmd: echo hello-from-stage && echo x > o\n"
+        "    deps: [README]\n    outs: [o]\n"
+    )
+    out = io.StringIO()
+    Repro(store, CheckoutPlace(store, str(repo)), out=out).run()
+    assert "hello-from-stage" in out.getvalue()
+    records = list(RunCache(store))
+    assert len(records) == 1
+    assert "hello-from-stage" in records[0].log

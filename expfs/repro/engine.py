@@ -30,7 +30,7 @@ from expfs.pipeline.paths import check_inside
 from expfs.pipeline.runkey import stage_run_key
 from expfs.repro.lockfile import LOCK_NAME, LockedStage, LockFile
 from expfs.repro.place import Place
-from expfs.runcache import OutputRecord, RunCache, RunRecord
+from expfs.runcache import LOG_TAIL_CHARS, OutputRecord, RunCache, RunRecord
 from expfs.store import layout
 from expfs.store.objects import Store
 from expfs.store.trees import Digest, Kind
@@ -375,6 +375,7 @@ class Repro:
                     metrics=metrics,
                     started=wall_started,
                     duration_s=duration,
+                    log="".join(captured)[-LOG_TAIL_CHARS:],
                 )
             )
             self._share_run(stage, inputs)
