@@ -36,6 +36,10 @@ def register(sub: Any) -> None:
 
     run_cmds.register_exp(exp_sub)
 
+    from expfs_cli import report_cmds
+
+    report_cmds.register_exp(exp_sub)
+
 
 def cmd_new(args: argparse.Namespace) -> int:
     from expfs.experiments import create_experiment, repo_root
