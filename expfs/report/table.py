@@ -58,10 +58,11 @@ class Row:
 
     def get(self, column: Column) -> tuple[bool, Any]:
         """Return (present, value) of `column` in this row."""
-        by_key = self.values(column.kind).get(column.file, {})
-        if column.key in by_key:
-            return True, by_key[column.key]
-        return False, None
+        by_file = self.params if column.kind == "params" else self.metrics
+        by_key = by_file.get(column.file)
+        if by_key is None or column.key not in by_key:
+            return False, None
+        return True, by_key[column.key]
 
 
 @dataclass(frozen=True)
