@@ -15,8 +15,15 @@ PYTEST_ARGS ?=
 
 .PHONY: demo test lint system-packages venv bench bench-quick
 
-demo: venv
+# The demo's pipeline needs scikit-learn, from the demo extra.
+DEMO_STAMP := $(VENV)/.demo-installed
+
+demo: venv $(DEMO_STAMP)
 	scripts/demo.sh $(VENV)/bin/expfs
+
+$(DEMO_STAMP): $(STAMP)
+	$(VENV)/bin/pip install -q --disable-pip-version-check -e '.[dev,demo]'
+	touch $(DEMO_STAMP)
 
 test: lint
 	scripts/run-pytest.sh $(VENV)/bin/python $(PYTEST_ARGS)
