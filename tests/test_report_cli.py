@@ -467,3 +467,26 @@ def test_cli_precision_default_matches() -> None:
     from expfs_cli.report_cmds import DEFAULT_PRECISION as CLI_DEFAULT
 
     assert CLI_DEFAULT == DEFAULT_PRECISION
+
+
+@pytest.mark.slow
+def test_bench_show_quick(tmp_path: Path) -> None:
+    project = Path(__file__).resolve().parent.parent
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(project / "bench" / "bench_show.py"),
+            "--quick",
+            "--experiments",
+            "20",
+            "--work",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=project,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "| `expfs exp show --json` |" in proc.stdout
+    assert "wrote the" not in proc.stdout
+    assert list(tmp_path.iterdir()) == []
