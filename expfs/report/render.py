@@ -167,6 +167,8 @@ def print_rich(table: Table, precision: int = DEFAULT_PRECISION) -> None:
             column.label,
             header_style=f"bold {style}",
             justify="right" if _is_numeric(table, index) else "left",
+            # On a narrow terminal, wrap long names instead of cutting them.
+            overflow="fold",
         )
     for row, cells in zip(table.rows, table_cells(table, precision), strict=True):
         # Text() keeps brackets in names and values from being read as markup.

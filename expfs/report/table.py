@@ -303,7 +303,7 @@ def format_created(created: float | None) -> str:
     if created is None:
         return "-"
     moment = datetime.datetime.fromtimestamp(created)
-    return moment.strftime("%Y-%m-%d %H:%M:%S")
+    return moment.strftime("%Y-%m-%d %H:%M")
 
 
 def iso_created(created: float | None) -> str | None:
