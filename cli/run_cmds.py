@@ -49,6 +49,10 @@ def register_exp(exp_sub: Any) -> None:
         action="store_true",
         help="leave each workspace mounted afterwards",
     )
+    # Sweeps on a Dask cluster: the option and its handler are in cluster_cmds.
+    from expfs_cli.cluster_cmds import add_cluster_option
+
+    add_cluster_option(p)
     p.set_defaults(handler=cmd_exp_run)
 
     p = exp_sub.add_parser("kill", help="stop running experiments")
@@ -117,6 +121,10 @@ def cmd_exp_run(args: argparse.Namespace) -> int:
     from expfs.store.repo import store_for
     from expfs.sweep import run_experiments
 
+    if args.cluster is not None:
+        from expfs_cli.cluster_cmds import cmd_exp_run_cluster
+
+        return cmd_exp_run_cluster(args)
     _check_jobs(args.jobs)
     store = store_for(".")
     try:

@@ -1,0 +1,371 @@
+"""`expfs exp run --cluster` against a real Dask scheduler and two workers.
+
+The scheduler and a `dask worker --nworkers 2` run on 127.0.0.1 without
+dashboards, started once for the module and stopped by process id. The
+workers get their own short TMPDIR, which contains their node-local store
+and mounts, and EXPFS_TEST_ON_WORKER=1, which the stage writes into its
+metrics to prove where it ran.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("distributed", reason="needs the cluster extra (dask[distributed])")
+
+pytestmark = [pytest.mark.fuse, pytest.mark.slow]
+
+EXPFS = [sys.executable, "-m", "expfs"]
+DASK = Path(sys.executable).with_name("dask")
+
+TRAIN_STAGE = """\
+stages:
+  train:
+    cmd: python3 train.py
+    deps: [train.py]
+    params: [lr, depth]
+    outs: [model.txt]
+    metrics: [{score.json: {cache: false}}]
+"""
+
+TRAIN_SCRIPT = """\
+import json, os, sys, time, yaml
+p = yaml.safe_load(open("params.yaml"))
+with open(os.environ["WORKER_COUNTER"], "a") as f:
+    f.write(f"{p['lr']} {p['depth']}\\n")
+print("training", p["lr"], p["depth"], flush=True)
+time.sleep(float(p.get("sleep", 0)))
+if p["lr"] < 0:
+    sys.exit("lr must be positive")
+open("model.txt", "w").write(f"{p['lr']} {p['depth']}\\n")
+on_worker = int(os.environ.get("EXPFS_TEST_ON_WORKER", "0"))
+json.dump({"score": p["lr"] * p["depth"], "on_worker": on_worker}, open("score.json", "w"))
+"""
+
+
+@dataclass
+class Cluster:
+    address: str
+    tmpdir: Path
+    counter: Path
+    workers_pid: int
+
+    def counted(self) -> list[str]:
+        if not self.counter.exists():
+            return []
+        return self.counter.read_text().splitlines()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    """TERM, then KILL after 20 s: the scheduler or worker started by a test."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def mounts_below(root: Path | str) -> list[str]:
+    with open("/proc/self/mounts") as f:
+        targets = [line.split()[1] for line in f]
+    return [t for t in targets if t.startswith(str(root) + "/")]
+
+
+def unmount_below(root: Path | str) -> None:
+    for target in mounts_below(root):
+        subprocess.run(["fusermount3", "-uz", target], check=False)
+
+
+def wait_for_workers(log: Path, count: int, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        text = log.read_text() if log.exists() else ""
+        if text.count("Registered to:") >= count:
+            return
+        assert proc.poll() is None, f"dask worker exited: {text[-2000:]}"
+        time.sleep(0.2)
+    raise AssertionError(f"{count} workers did not register in 60 s: {log.read_text()}")
+
+
+def start_cluster(
+    folder: Path, tmpdir: Path, nworkers: int, **env: str
+) -> tuple[str, subprocess.Popen[bytes], subprocess.Popen[bytes]]:
+    """Start a scheduler and `nworkers` worker processes; return their handles."""
+    port = free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    with open(folder / "scheduler.log", "wb") as log:
+        scheduler = subprocess.Popen(
+            [DASK, "scheduler", "--host", "127.0.0.1", "--port", str(port)]
+            + ["--no-dashboard"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    worker_env = {**os.environ, "TMPDIR": str(tmpdir), **env}
+    with open(folder / "workers.log", "wb") as log:
+        workers = subprocess.Popen(
+            [DASK, "worker", address, "--host", "127.0.0.1", "--nthreads", "1"]
+            + ["--nworkers", str(nworkers), "--no-dashboard"]
+            + ["--local-directory", str(folder / "workers")],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=worker_env,
+        )
+    return address, scheduler, workers
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    if not os.path.exists("/dev/fuse") or shutil.which("fusermount3") is None:
+        pytest.skip("needs /dev/fuse and fusermount3 (apt-get install fuse3)")
+    folder = tmp_path_factory.mktemp("dask")
+    # A short folder: mount control sockets live below it (AF_UNIX limit).
+    tmpdir = Path(tempfile.mkdtemp(prefix="exc", dir="/tmp"))
+    counter = tmpdir / "commands.txt"
+    address, scheduler, workers = start_cluster(
+        folder,
+        tmpdir,
+        2,
+        EXPFS_TEST_ON_WORKER="1",
+        WORKER_COUNTER=str(counter),
+    )
+    try:
+        wait_for_workers(folder / "workers.log", 2, workers)
+        yield Cluster(address, tmpdir, counter, workers.pid)
+    finally:
+        stop_process(workers)
+        stop_process(scheduler)
+        unmount_below(tmpdir)
+        shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def run(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [*EXPFS, *args], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
+    if check:
+        assert proc.returncode == 0, (
+            f"expfs {' '.join(args)}: {proc.stdout}{proc.stderr}"
+        )
+    return proc
+
+
+def records(repo: Path) -> dict[str, object]:
+    from expfs.experiments import list_experiments
+    from expfs.store.repo import store_for
+
+    return {e.name: e for e in list_experiments(store_for(str(repo)))}
+
+
+@pytest.fixture
+def project(repo: Path, tmp_path: Path) -> Iterator[Path]:
+    (repo / "dvc.yaml").write_text(TRAIN_STAGE)
+    (repo / "train.py").write_text(TRAIN_SCRIPT)
+    (repo / "params.yaml").write_text("lr: 0.1\ndepth: 2\n")
+    subprocess.run(["git", "-C", str(repo), "add", "-A"], check=True)
+    subprocess.run(["git", "-C", str(repo), "commit", "-qm", "pipeline"], check=True)
+    run(repo, "init")
+    run(repo, "remote", "add", "origin", f"file://{tmp_path}/remote", "--default")
+    try:
+        yield repo
+    finally:
+        unmount_below(repo)
+
+
+def test_cluster_sweep_of_four(cluster: Cluster, project: Path) -> None:
+    before = subprocess.run(
+        ["git", "-C", str(project), "status", "--porcelain"], capture_output=True
+    ).stdout
+    proc = run(
+        project, "exp", "run", "-S", "lr=0.1,0.2", "-S", "depth=2,3",
+        "--cluster", cluster.address,
+    )  # fmt: skip
+    experiments = records(project)
+    assert len(experiments) == 4
+    for name, e in experiments.items():
+        assert e.status == "success", e.error  # type: ignore[attr-defined]
+        assert e.metrics["score.json"]["on_worker"] == 1  # type: ignore[attr-defined]
+        assert f"[{name}] stage 'train': ran" in proc.stdout
+        assert f"[{name}] running on Dask worker tcp://127.0.0.1:" in proc.stdout
+        listing = run(project, "ls", e.result).stdout  # type: ignore[attr-defined]
+        assert "model.txt" in listing
+        log = run(project, "queue", "logs", name).stdout
+        assert "training" in log
+    scores = sorted(e.metrics["score.json"]["score"] for e in experiments.values())  # type: ignore[attr-defined]
+    assert scores == pytest.approx([0.2, 0.3, 0.4, 0.6])
+    after = subprocess.run(
+        ["git", "-C", str(project), "status", "--porcelain"], capture_output=True
+    ).stdout
+    assert after == before
+    assert (project / "params.yaml").read_text() == "lr: 0.1\ndepth: 2\n"
+    assert mounts_below(cluster.tmpdir) == []
+
+    shown = json.loads(run(project, "exp", "show", "--json").stdout)
+    named = {row["name"]: row for row in shown if row.get("name") in experiments}
+    assert len(named) == 4
+    best = max(named, key=lambda n: named[n]["metrics"]["score.json"]["score"])
+    run(project, "exp", "promote", best, "--branch", "exp/best")
+    promoted = subprocess.run(
+        ["git", "-C", str(project), "show", "exp/best:params.yaml"],
+        capture_output=True,
+        text=True,
+    ).stdout
+    assert "lr: 0.2" in promoted
+    assert "depth: 3" in promoted
+
+
+def test_cluster_failure_among_good(cluster: Cluster, project: Path) -> None:
+    proc = run(
+        project, "exp", "run", "-S", "lr=-1,0.5", "-S", "depth=7",
+        "--cluster", cluster.address, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 1
+    by_lr = {
+        e.params.get("params.yaml", {}).get("lr"): e for e in records(project).values()
+    }  # type: ignore[attr-defined]
+    statuses = sorted(e.status for e in records(project).values())  # type: ignore[attr-defined]
+    assert statuses == ["failed", "success"]
+    assert by_lr[0.5].metrics["score.json"]["score"] == pytest.approx(3.5)  # type: ignore[attr-defined]
+    failed = next(e for e in records(project).values() if e.status == "failed")  # type: ignore[attr-defined]
+    assert "stage 'train' failed" in failed.error  # type: ignore[attr-defined]
+    assert "lr must be positive" in run(project, "queue", "logs", failed.name).stdout  # type: ignore[attr-defined]
+    # A failed stage is reported, not retried on another worker.
+    assert cluster.counted().count("-1 7") == 1
+    assert mounts_below(cluster.tmpdir) == []
+
+
+def test_cluster_duplicates_merge(cluster: Cluster, project: Path) -> None:
+    proc = run(
+        project, "exp", "run", "-S", "lr=0.25,0.25", "-S", "depth=11",
+        "--cluster", cluster.address,
+    )  # fmt: skip
+    experiments = list(records(project).values())
+    assert len(experiments) == 2
+    first, second = experiments
+    assert first.status == second.status == "success"  # type: ignore[attr-defined]
+    assert first.result == second.result  # type: ignore[attr-defined]
+    assert first.started == second.started  # type: ignore[attr-defined]
+    assert cluster.counted().count("0.25 11") == 1
+    assert proc.stdout.count("running on Dask worker") == 2  # one line, two names
+
+
+def test_cluster_kill_stops_on_worker(cluster: Cluster, project: Path) -> None:
+    sweep = subprocess.Popen(
+        [*EXPFS, "exp", "run", "-S", "+sleep=120", "-S", "depth=13", "-n", "slow"]
+        + ["--cluster", cluster.address],
+        cwd=project,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        wait_for_command(cluster, "0.1 13")
+        started = time.monotonic()
+        run(project, "exp", "kill", "slow")
+        output, _ = sweep.communicate(timeout=60)
+    finally:
+        if sweep.poll() is None:
+            sweep.kill()
+            sweep.wait()
+    assert time.monotonic() - started < 60
+    assert sweep.returncode == 1, output
+    slow = records(project)["slow"]
+    assert slow.status == "stopped"  # type: ignore[attr-defined]
+    assert "stopped" in slow.error  # type: ignore[attr-defined]
+    assert mounts_below(cluster.tmpdir) == []
+
+
+def test_cluster_ctrl_c_stops_on_worker(cluster: Cluster, project: Path) -> None:
+    sweep = subprocess.Popen(
+        [*EXPFS, "exp", "run", "-S", "+sleep=120", "-S", "depth=17"]
+        + ["--cluster", cluster.address],
+        cwd=project,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        wait_for_command(cluster, "0.1 17")
+        sweep.send_signal(signal.SIGINT)
+        output, _ = sweep.communicate(timeout=60)
+    finally:
+        if sweep.poll() is None:
+            sweep.kill()
+            sweep.wait()
+    assert sweep.returncode == 130, output
+    (experiment,) = records(project).values()
+    assert experiment.status == "stopped"  # type: ignore[attr-defined]
+    assert mounts_below(cluster.tmpdir) == []
+
+
+def wait_for_command(cluster: Cluster, line: str) -> None:
+    deadline = time.monotonic() + 60
+    while line not in cluster.counted():
+        assert time.monotonic() < deadline, f"no command ran with {line!r}"
+        time.sleep(0.1)
+
+
+def test_cluster_needs_default_remote(cluster: Cluster, repo: Path) -> None:
+    run(repo, "init")
+    proc = run(repo, "exp", "run", "--cluster", cluster.address, check=False)
+    assert proc.returncode == 2
+    assert "expfs remote add NAME URL --default" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert records(repo) == {}
+
+
+def test_cluster_without_dask(
+    repo: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from expfs_cli.main import main
+
+    run(repo, "init")
+    monkeypatch.setitem(sys.modules, "distributed", None)
+    code = main(["-C", str(repo), "exp", "run", "--cluster", "local"])
+    assert code == 2
+    assert "pip install 'expfs[cluster]'" in capsys.readouterr().err
+    assert records(repo) == {}
+
+
+def test_worker_without_fusermount_refused(project: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "bad-cluster"
+    folder.mkdir()
+    tmpdir = Path(tempfile.mkdtemp(prefix="exb", dir="/tmp"))
+    # The worker's PATH holds only Python, so fusermount3 is missing.
+    bin_dir = tmpdir / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python3").symlink_to(sys.executable)
+    address, scheduler, workers = start_cluster(folder, tmpdir, 1, PATH=str(bin_dir))
+    try:
+        wait_for_workers(folder / "workers.log", 1, workers)
+        proc = run(project, "exp", "run", "--cluster", address, check=False)
+    finally:
+        stop_process(workers)
+        stop_process(scheduler)
+        shutil.rmtree(tmpdir, ignore_errors=True)
+    assert proc.returncode == 1
+    assert "cannot run expfs experiments: fusermount3 is not on PATH" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert records(project) == {}
