@@ -23,7 +23,8 @@ repo=$work/repo
 cleanup() {
   local status=$? target
   # A sweep stopped half-way can leave workspaces mounted below the repository.
-  findmnt -rn -o TARGET | grep -F "$work/" | while read -r target; do
+  # grep exits 1 when nothing is mounted, which must not fail the script.
+  findmnt -rn -o TARGET | { grep -F "$work/" || true; } | while read -r target; do
     fusermount3 -uz "$target" || true
   done
   if [ "${EXPFS_DEMO_KEEP:-0}" = 1 ]; then
