@@ -320,6 +320,59 @@ def test_cluster_ctrl_c_stops_on_worker(cluster: Cluster, project: Path) -> None
     assert mounts_below(cluster.tmpdir) == []
 
 
+def node_processes(cluster: Cluster) -> dict[int, int]:
+    """Return {pid: parent pid} of the experiment processes of `cluster`'s workers."""
+    found = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+            status = Path(f"/proc/{entry}/status").read_text()
+        except OSError:
+            continue
+        if b"expfs.cluster.node" in argv and any(
+            a.startswith(os.fsencode(cluster.tmpdir)) for a in argv
+        ):
+            ppid = next(
+                line for line in status.splitlines() if line.startswith("PPid:")
+            )
+            found[int(entry)] = int(ppid.split()[1])
+    return found
+
+
+def test_cluster_lost_worker_retried(cluster: Cluster, project: Path) -> None:
+    sweep = subprocess.Popen(
+        [*EXPFS, "exp", "run", "-S", "+sleep=5", "-S", "depth=19", "-n", "lost"]
+        + ["--cluster", cluster.address],
+        cwd=project,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        wait_for_command(cluster, "0.1 19")
+        (worker_pid,) = set(node_processes(cluster).values())
+        # The worker process that runs the task; the nanny we started restarts it.
+        os.kill(worker_pid, signal.SIGKILL)
+        output, _ = sweep.communicate(timeout=120)
+    finally:
+        if sweep.poll() is None:
+            sweep.kill()
+            sweep.wait()
+    assert sweep.returncode == 0, output
+    assert output.count("[lost] running on Dask worker") == 2
+    assert cluster.counted().count("0.1 19") == 2
+    lost = records(project)["lost"]
+    assert lost.status == "success"  # type: ignore[attr-defined]
+    assert lost.metrics["score.json"]["score"] == pytest.approx(1.9)  # type: ignore[attr-defined]
+    deadline = time.monotonic() + 30
+    while node_processes(cluster) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert node_processes(cluster) == {}
+    assert mounts_below(cluster.tmpdir) == []
+
+
 def wait_for_command(cluster: Cluster, line: str) -> None:
     deadline = time.monotonic() + 60
     while line not in cluster.counted():

@@ -103,6 +103,8 @@ def _remote_spec(remote: Remote) -> dict[str, Any]:
 def connect(distributed: ModuleType, address: str, jobs: int) -> tuple[Any, Any]:
     """Return (client, local cluster or None) for `--cluster ADDRESS`."""
     if address == LOCAL:
+        # The scheduler runs in this process: keep its INFO lines off the terminal.
+        logging.getLogger("distributed").setLevel(logging.ERROR)
         cluster = distributed.LocalCluster(
             n_workers=jobs,
             threads_per_worker=1,
