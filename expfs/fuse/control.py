@@ -1,7 +1,7 @@
 """The control socket of a mount daemon, its client, and the mount records.
 
 Each daemon listens on `.expfs/run/NAME.sock` (mode 0600) and writes
-`.expfs/run/NAME.json` (its pid and mount point) once its mount answers.
+`.expfs/run/NAME.json` (its pid and mount point) once its mount responds.
 The protocol is JSON lines: one request object per line, one response per
 line, in order. A request is `{"op": OP, ...arguments}`; a response is
 `{"ok": true, "result": ...}` or `{"ok": false, "error": MESSAGE}`.
@@ -144,11 +144,13 @@ def daemon_alive(pid: int) -> bool:
 class MountStatus:
     """What is known about one experiment's mount.
 
-    `state` is one of: "mounted" (the daemon runs and its mount is in the
-    mount table), "unmounted" (no daemon), "dead" (the daemon is gone but
-    left its runtime files), "stale" (the daemon is gone but its mount is
-    still in the mount table) or "orphan" (the daemon runs but nothing is
-    mounted at its path).
+    `state` is one of these words:
+
+    - "mounted": the daemon runs and its mount is in the mount table.
+    - "unmounted": no daemon runs.
+    - "dead": the daemon is gone but left its runtime files.
+    - "stale": the daemon is gone but its mount is still in the table.
+    - "orphan": the daemon runs but nothing is mounted at its path.
     """
 
     name: str
@@ -216,7 +218,7 @@ class ControlClient:
             reply = self.reader.readline(MAX_LINE_BYTES)
         except OSError as exc:
             raise ControlError(
-                f"the daemon of experiment {self.name!r} failed to answer {op}: {exc}"
+                f"the daemon of experiment {self.name!r} did not respond to {op}: {exc}"
             ) from None
         if not reply:
             raise ControlError(
@@ -261,10 +263,11 @@ Handler = Callable[[dict[str, Any]], Any]
 class ControlServer:
     """Serves the control protocol on a Unix socket with one handler per op.
 
-    A handler is an async function taking the request and returning a
-    JSON-serializable result; an `ExpfsError` or `OSError` it raises is
-    sent back as the error message, anything else is logged and sent as an
-    internal error, and the daemon keeps serving.
+    A handler is an async function that takes the request and returns a
+    JSON-serializable result. The message of an `ExpfsError`, `OSError`,
+    `KeyError` or `ValueError` it raises is sent back as the error. Any
+    other exception is logged and reported as an internal error, and the
+    daemon keeps serving.
     """
 
     def __init__(self, path: str, handlers: dict[str, Handler]) -> None:
@@ -348,7 +351,7 @@ class ControlServer:
         except Exception:
             log.exception("control request %s failed with an internal error", op)
             return {"ok": False, "error": f"internal error in {op}: see the log"}
-        log.debug("control %s answered in %.3f s", op, time.monotonic() - started)
+        log.debug("control %s returned in %.3f s", op, time.monotonic() - started)
         response = {"ok": True, "result": result}
         if op == "stop":
             response["stopped"] = True

@@ -2,7 +2,7 @@
 
 Run as `python -m expfs.fuse.daemon --store ROOT --name NAME --mountpoint
 PATH [--ready-fd FD]`; `expfs mount` starts it in the background. The
-daemon mounts, waits until the mount answers a `stat`, raises the mount's
+daemon mounts, waits until the mount responds to a `stat`, raises the mount's
 read-ahead, writes its runtime record and only then reports `ready` on the
 pipe `--ready-fd` (or `error: MESSAGE` when anything failed), so the
 parent returns only once the folder is usable.
@@ -123,7 +123,7 @@ class Daemon:
                 with trio.fail_after(READY_TIMEOUT_S):
                     root = await trio.to_thread.run_sync(os.stat, self.mountpoint)
             except (trio.TooSlowError, OSError) as exc:
-                message = f"the mount at {self.mountpoint} did not answer: {exc}"
+                message = f"the mount at {self.mountpoint} did not respond: {exc}"
                 log.error("%s", message)
                 ready.fail(message)
                 await self._unmount(lazy=True)
@@ -308,6 +308,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--foreground", action="store_true", help="also log to standard error"
     )
     parser.add_argument("--debug", action="store_true", help="log every operation")
+    parser.add_argument(
+        "--profile",
+        metavar="FILE",
+        default=os.environ.get("EXPFS_DAEMON_PROFILE"),
+        help="write cProfile statistics of the daemon to FILE at exit "
+        "(default: $EXPFS_DAEMON_PROFILE)",
+    )
     return parser.parse_args(argv)
 
 
@@ -336,6 +343,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         ready.fail(str(exc) or type(exc).__name__)
         daemon.close()
         return 1
+    profiler = None
+    if args.profile:
+        import cProfile
+
+        profiler = cProfile.Profile()
+        profiler.enable()
     try:
         trio.run(daemon.serve, ready)
     except BaseException as exc:
@@ -343,6 +356,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         ready.fail(f"the daemon failed: {exc}")
         return 1
     finally:
+        if profiler is not None:
+            profiler.disable()
+            profiler.dump_stats(args.profile)
         daemon.close()
         log.info("stopped daemon pid %d of experiment %s", os.getpid(), args.name)
     return 0

@@ -1,6 +1,6 @@
 """The `.git` file a mount shows at its root, pointing Git at the experiment.
 
-The file holds `gitdir: <the experiment's worktree git folder>`, so Git run
+The file contains `gitdir: <the experiment's worktree git folder>`, so Git run
 anywhere in the mount works on that worktree (detached at the base commit,
 with its own index) and stops walking up there instead of reaching the
 user's repository when the mount sits inside it. The daemon synthesizes
@@ -28,7 +28,7 @@ ATTR_TIMEOUT_S = 300.0
 
 
 class GitLinkMixin:
-    """Operations mixin that answers for one read-only `.git` file at the root.
+    """Operations mixin that serves one read-only `.git` file at the root.
 
     Put it before the workspace's operations class in the bases; every call
     that is not about the `.git` file goes to that class unchanged.

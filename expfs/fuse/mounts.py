@@ -1,7 +1,7 @@
 """Starting, stopping and listing mount daemons from another process.
 
 `start_mount` runs `python -m expfs.fuse.daemon` in its own session and
-waits on a pipe until the daemon reports `ready` (its mount answers) or
+waits on a pipe until the daemon reports `ready` (its mount responds) or
 the error that stopped it. Before starting, it cleans up what a crashed
 daemon left: a mount in the table whose daemon is gone (`fusermount3 -uz`)
 and runtime files.

@@ -196,7 +196,7 @@ def test_graft_visible_at_once(mounted: Mount) -> None:
     versions = [store.put_bytes(f"version {i}\n".encode() * (i + 1)) for i in range(20)]
     target = mounted.path / "grafted.txt"
     assert not target.exists()  # leaves a negative entry in the kernel's cache
-    held = open(mounted.path / "data" / "base.txt", "rb")
+    open_file = open(mounted.path / "data" / "base.txt", "rb")
     try:
         with client(mounted) as c:
             for i, digest in enumerate(versions):
@@ -207,8 +207,8 @@ def test_graft_visible_at_once(mounted: Mount) -> None:
             c.remove_path(b"grafted.txt")
             assert not target.exists()
     finally:
-        held.close()
-    assert held.closed
+        open_file.close()
+    assert open_file.closed
 
 
 def test_graft_directory_replaces_open_file(mounted: Mount) -> None:
