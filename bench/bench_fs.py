@@ -1,0 +1,469 @@
+"""Benchmark a mounted workspace against native ext4 and fuse-overlayfs.
+
+Runs each file-system workload on three targets in one run: a plain folder
+(native), a fuse-overlayfs mount over the same base folder, and an expfs
+experiment mounted through the real daemon. Then times workspace creation
+on a base of many files against `git worktree add` and `cp -r`, and the
+time until a new mount responds. Prints the tables and rewrites the
+"Workspaces" section of bench/RESULTS.md, leaving other sections alone.
+
+Needs root (it drops the page cache for cold reads), /dev/fuse,
+fusermount3 and fuse-overlayfs. Run from the project root:
+`.venv/bin/python bench/bench_fs.py --runs 3`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import random
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import sysconfig
+import tarfile
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "RESULTS.md"
+SECTION = "## Workspaces"
+EXPFS = [sys.executable, "-m", "expfs"]
+CHUNK = 1 << 20
+
+
+def sh(*args: str, cwd: Path | None = None) -> str:
+    proc = subprocess.run(args, cwd=cwd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(args)} failed: {proc.stderr}")
+    return proc.stdout
+
+
+def median_time(
+    fn: Callable[[], object], runs: int, setup: Callable[[], object] | None = None
+) -> float:
+    times = []
+    for _ in range(runs):
+        if setup is not None:
+            setup()
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def drop_caches() -> None:
+    os.sync()
+    Path("/proc/sys/vm/drop_caches").write_text("3\n")
+
+
+# -- workloads ------------------------------------------------------------------
+
+
+def read_file(path: Path) -> None:
+    with open(path, "rb", buffering=0) as f:
+        while f.read(CHUNK):
+            pass
+
+
+def write_file(path: Path, size: int) -> None:
+    block = os.urandom(CHUNK)
+    with open(path, "wb", buffering=0) as f:
+        for _ in range(size // CHUNK):
+            f.write(block)
+        os.fsync(f.fileno())
+    path.unlink()
+
+
+def random_reads(path: Path, count: int) -> None:
+    size = path.stat().st_size
+    rng = random.Random(1)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        for _ in range(count):
+            os.pread(fd, 4096, rng.randrange(0, size // 4096) * 4096)
+    finally:
+        os.close(fd)
+
+
+def create_files(folder: Path, count: int) -> None:
+    folder.mkdir()
+    for i in range(count):
+        fd = os.open(folder / f"f{i}", os.O_CREAT | os.O_WRONLY, 0o644)
+        os.close(fd)
+
+
+def stat_files(folder: Path, count: int) -> None:
+    for i in range(count):
+        os.stat(folder / f"f{i}")
+
+
+def unlink_files(folder: Path, count: int) -> None:
+    for i in range(count):
+        os.unlink(folder / f"f{i}")
+    folder.rmdir()
+
+
+def untar_and_commit(tarball: Path, dest: Path) -> None:
+    dest.mkdir()
+    sh("tar", "xf", str(tarball), "-C", str(dest))
+    sh("git", "init", "-q", cwd=dest)
+    sh("git", "add", "-A", cwd=dest)
+    sh(
+        "git",
+        "-c",
+        "user.name=b",
+        "-c",
+        "user.email=b@example.invalid",
+        "commit",
+        "-qm",
+        "x",
+        cwd=dest,
+    )
+
+
+# -- targets ----------------------------------------------------------------------
+
+
+class Target:
+    """A folder to run the workloads in, showing the base folder's files."""
+
+    def __init__(self, name: str, path: Path) -> None:
+        self.name = name
+        self.path = path
+
+    def close(self) -> None:
+        pass
+
+
+class Overlay(Target):
+    def __init__(self, base: Path, work: Path) -> None:
+        for sub in ("upper", "work", "mnt"):
+            (work / sub).mkdir(parents=True)
+        options = f"lowerdir={base},upperdir={work / 'upper'},workdir={work / 'work'}"
+        sh("fuse-overlayfs", "-o", options, str(work / "mnt"))
+        super().__init__("fuse-overlayfs", work / "mnt")
+
+    def close(self) -> None:
+        sh("fusermount3", "-u", str(self.path))
+
+
+class Expfs(Target):
+    def __init__(self, repo: Path, name: str) -> None:
+        sh(*EXPFS, "exp", "new", name, cwd=repo)
+        self.repo = repo
+        self.exp = name
+        path = repo.parent / f"mnt-{name}"
+        sh(*EXPFS, "mount", name, str(path), cwd=repo)
+        super().__init__("expfs", path)
+
+    def close(self) -> None:
+        sh(*EXPFS, "umount", self.exp, cwd=self.repo)
+
+
+def make_base(folder: Path, big_bytes: int) -> None:
+    folder.mkdir(parents=True)
+    with open(folder / "big.bin", "wb") as f:
+        for _ in range(big_bytes // CHUNK):
+            f.write(os.urandom(CHUNK))
+    sh("git", "init", "-q", cwd=folder)
+    sh("git", "add", "-A", cwd=folder)
+    sh(
+        "git",
+        "-c",
+        "user.name=b",
+        "-c",
+        "user.email=b@example.invalid",
+        "commit",
+        "-qm",
+        "base",
+        cwd=folder,
+    )
+
+
+def stdlib_tarball(dest: Path) -> tuple[Path, int]:
+    """Pack Python's standard library (without site-packages) as a tarball."""
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    tarball = dest / "stdlib.tar"
+    count = 0
+    with tarfile.open(tarball, "w") as tar:
+        for path in sorted(stdlib.rglob("*")):
+            rel = path.relative_to(stdlib)
+            if rel.parts[0] in ("site-packages", "test") or "__pycache__" in rel.parts:
+                continue
+            if path.is_file() and not path.is_symlink():
+                tar.add(path, arcname=str(rel), recursive=False)
+                count += 1
+    return tarball, count
+
+
+def run_workloads(
+    target: Target, runs: int, big_bytes: int, tarball: Path
+) -> dict[str, float]:
+    big = target.path / "big.bin"
+    scratch = target.path / "scratch"
+    results: dict[str, float] = {}
+    results["read_cold"] = median_time(lambda: read_file(big), runs, setup=drop_caches)
+    read_file(big)
+    results["read_warm"] = median_time(lambda: read_file(big), runs)
+    results["write"] = median_time(
+        lambda: write_file(target.path / "w.bin", big_bytes), runs
+    )
+    results["random_4k"] = median_time(lambda: random_reads(big, 20_000), runs)
+    n = 10_000
+    creates, stats, unlinks = [], [], []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        create_files(scratch, n)
+        t1 = time.perf_counter()
+        stat_files(scratch, n)
+        t2 = time.perf_counter()
+        unlink_files(scratch, n)
+        t3 = time.perf_counter()
+        creates.append(t1 - t0)
+        stats.append(t2 - t1)
+        unlinks.append(t3 - t2)
+    results["create"] = statistics.median(creates)
+    results["stat"] = statistics.median(stats)
+    results["unlink"] = statistics.median(unlinks)
+    untar = []
+    for i in range(runs):
+        dest = target.path / f"untar{i}"
+        t0 = time.perf_counter()
+        untar_and_commit(tarball, dest)
+        untar.append(time.perf_counter() - t0)
+        shutil.rmtree(dest)
+    results["untar_git"] = statistics.median(untar)
+    return results
+
+
+# -- creation and mount latency -----------------------------------------------------
+
+
+def many_files_repo(folder: Path, count: int) -> None:
+    folder.mkdir(parents=True)
+    for d in range(count // 1000):
+        sub = folder / f"d{d:03d}"
+        sub.mkdir()
+        for i in range(1000):
+            (sub / f"f{i}.txt").write_text(f"{d}/{i}\n")
+    sh("git", "init", "-q", cwd=folder)
+    sh("git", "add", "-A", cwd=folder)
+    sh(
+        "git",
+        "-c",
+        "user.name=b",
+        "-c",
+        "user.email=b@example.invalid",
+        "commit",
+        "-qm",
+        "many",
+        cwd=folder,
+    )
+
+
+def creation(folder: Path, runs: int, count: int) -> dict[str, float]:
+    from expfs.store.repo import init_store
+    from expfs.tree.gitsnap import snapshot_commit
+    from expfs.workspace import Workspace
+
+    repo = folder / "many"
+    many_files_repo(repo, count)
+    store, _ = init_store(str(repo))
+    base = snapshot_commit(store, str(repo), "HEAD")
+    counter = iter(range(10_000))
+
+    def create_ws() -> None:
+        Workspace.create(store, f"w{next(counter)}", base).close()
+
+    experiments: list[str] = []
+
+    def new_exp() -> None:
+        experiments.append(f"x{next(counter)}")
+        sh(*EXPFS, "exp", "new", experiments[-1], "--from", "HEAD", cwd=repo)
+
+    def worktree() -> None:
+        sh(
+            "git",
+            "worktree",
+            "add",
+            "-q",
+            "--detach",
+            str(folder / f"wt{next(counter)}"),
+            cwd=repo,
+        )
+
+    def copy() -> None:
+        sh("cp", "-r", str(repo), str(folder / f"cp{next(counter)}"))
+
+    results = {
+        "workspace": median_time(create_ws, max(runs, 5)),
+        "exp_new": median_time(new_exp, runs),
+        "worktree": median_time(worktree, runs),
+        "cp": median_time(copy, runs),
+    }
+    mount_times = []
+    for name in experiments:
+        path = folder / f"m-{name}"
+        start = time.perf_counter()
+        sh(*EXPFS, "mount", name, str(path), cwd=repo)
+        os.stat(path / "d000" / "f0.txt")
+        mount_times.append(time.perf_counter() - start)
+        sh(*EXPFS, "umount", name, cwd=repo)
+    results["mount"] = statistics.median(mount_times)
+    return results
+
+
+# -- report ---------------------------------------------------------------------------
+
+
+def fmt(seconds: float) -> str:
+    return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.2f} s"
+
+
+def render(
+    fs: dict[str, dict[str, float]],
+    create: dict[str, float],
+    args: argparse.Namespace,
+    files: int,
+) -> str:
+    native, overlay, ours = fs["native"], fs["fuse-overlayfs"], fs["expfs"]
+    mib = args.big_mib
+
+    def rate(key: str, target: dict[str, float]) -> str:
+        return f"{mib / target[key]:.0f} MiB/s"
+
+    rows = [
+        ("sequential read, cold", "read_cold", True, "≥ 60 % of native"),
+        ("sequential read, warm", "read_warm", True, "≥ 90 % of native"),
+        ("sequential write + fsync", "write", True, "—"),
+        ("20,000 random 4 KiB reads, warm", "random_4k", False, "—"),
+        ("create 10,000 files", "create", False, "—"),
+        ("stat 10,000 files", "stat", False, "≥ 50 % of native"),
+        ("unlink 10,000 files", "unlink", False, "—"),
+        (
+            f"untar {files} stdlib files + git add + commit",
+            "untar_git",
+            False,
+            "≤ 1.5× native",
+        ),
+    ]
+    machine = (
+        f"Machine: {os.cpu_count()} cores, Linux {platform.release()}, ext4, Python "
+        f"{platform.python_version()}, pyfuse3 3.5."
+    )
+    lines = [
+        SECTION,
+        "",
+        f"`bench/bench_fs.py --runs {args.runs} --big-mib {mib}`, {time.strftime('%Y-%m-%d')}: "
+        f"each figure is the median of {args.runs} runs.",
+        machine,
+        "",
+        "Workloads on the same base files: a native folder, fuse-overlayfs over "
+        "it, and an expfs experiment mounted by its daemon. Speed is native time "
+        "divided by the target's time (1.00 = native speed).",
+        "",
+        "| workload | native | fuse-overlayfs | expfs | expfs speed | overlayfs speed | target |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for label, key, throughput, target in rows:
+        if throughput:
+            cells = [rate(key, native), rate(key, overlay), rate(key, ours)]
+        else:
+            cells = [fmt(native[key]), fmt(overlay[key]), fmt(ours[key])]
+        lines.append(
+            f"| {label} | {' | '.join(cells)} | {native[key] / ours[key]:.2f} | "
+            f"{native[key] / overlay[key]:.2f} | {target} |"
+        )
+    lines += [
+        "",
+        f"Creating a workspace over a base of {args.files:,} files (a committed Git repository):",
+        "",
+        "| what | median | target |",
+        "| --- | ---: | --- |",
+        f"| `Workspace.create` (the workspace record alone) | {fmt(create['workspace'])} | < 50 ms |",
+        f"| `expfs exp new --from HEAD` (CLI start-up, snapshot from the cached commit, Git worktree) | {fmt(create['exp_new'])} | — |",
+        f"| `git worktree add` | {fmt(create['worktree'])} | — |",
+        f"| `cp -r` | {fmt(create['cp'])} | — |",
+        f"| `expfs mount` until `stat` of a file in it returns | {fmt(create['mount'])} | — |",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_section(text: str) -> None:
+    current = RESULTS.read_text()
+    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
+    if pattern.search(current):
+        updated = pattern.sub(lambda _: text + "\n", current)
+    else:
+        updated = current.rstrip("\n") + "\n\n" + text
+    RESULTS.write_text(updated.rstrip("\n") + "\n")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--runs", type=int, default=3, help="timed runs per figure (median)"
+    )
+    parser.add_argument(
+        "--big-mib",
+        type=int,
+        default=512,
+        help="size of the file read and written, in MiB",
+    )
+    parser.add_argument(
+        "--files",
+        type=int,
+        default=100_000,
+        help="files in the base for creation timing",
+    )
+    parser.add_argument(
+        "--no-write", action="store_true", help="print only; leave RESULTS.md alone"
+    )
+    args = parser.parse_args()
+    work = Path(
+        tempfile.mkdtemp(prefix="bench-fs-", dir=os.environ.get("TMPDIR", "/var/tmp"))
+    )
+    targets: list[Target] = []
+    try:
+        base = work / "base"
+        make_base(base, args.big_mib * CHUNK)
+        sh(*EXPFS, "init", cwd=base)
+        tarball, files = stdlib_tarball(work)
+        targets = [
+            Target("native", base),
+            Overlay(base, work / "overlay"),
+            Expfs(base, "bench"),
+        ]
+        fs = {}
+        for target in targets:
+            print(f"running workloads on {target.name} at {target.path}", flush=True)
+            fs[target.name] = run_workloads(
+                target, args.runs, args.big_mib * CHUNK, tarball
+            )
+            print(fs[target.name], flush=True)
+        for target in targets:
+            target.close()
+        targets = []
+        print(f"timing creation over {args.files} files", flush=True)
+        create = creation(work / "create", args.runs, args.files)
+        print(create)
+    finally:
+        for target in targets:
+            target.close()
+        shutil.rmtree(work, ignore_errors=True)
+    section = render(fs, create, args, files)
+    print(section)
+    if not args.no_write:
+        write_section(section)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
