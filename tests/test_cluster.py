@@ -422,3 +422,26 @@ def test_worker_without_fusermount_refused(project: Path, tmp_path: Path) -> Non
     assert "cannot run expfs experiments: fusermount3 is not on PATH" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert records(project) == {}
+
+
+def test_cluster_local_runs_sweep(
+    project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from expfs.cluster.worker import node_folder
+
+    # The local workers inherit this process's environment.
+    monkeypatch.setenv("WORKER_COUNTER", str(tmp_path / "commands.txt"))
+
+    remote = {"url": f"file://{tmp_path}/remote", "options": {}}
+    try:
+        proc = run(
+            project, "exp", "run", "-S", "lr=0.3,0.4", "-j", "2", "--cluster", "local"
+        )
+    finally:
+        unmount_below(node_folder(remote))
+        shutil.rmtree(node_folder(remote), ignore_errors=True)
+    experiments = records(project)
+    assert len(experiments) == 2
+    assert {e.status for e in experiments.values()} == {"success"}  # type: ignore[attr-defined]
+    assert "INFO" not in proc.stdout + proc.stderr
+    assert proc.stdout.count("running on Dask worker tcp://127.0.0.1:") == 2
