@@ -41,20 +41,21 @@ step() { printf '\n==> %s\n' "$*"; }
 run() { printf '$ %s\n' "$*"; "$@"; }
 now() { date +%s.%N; }
 
-# Run one sweep named $1, print its progress lines and keep its whole output in
-# $work/$1.log. Sets `elapsed_s` to the sweep's wall-clock time.
+# Run one sweep named $1, print its progress lines as they come (the stages'
+# own output is left out) and keep its whole output in $work/$1.log. Sets
+# `elapsed_s` to the sweep's wall-clock time.
 run_sweep() {
-  local name=$1 start
+  local name=$1 log=$work/$1.log start
+  local progress="^\[[^]]+\] (stage '|started|success|failed|stopped)|: (success|failed)"
   printf '$ expfs exp run %s --name %s -j 2\n' "${sweep[*]}" "$name"
   start=$(now)
-  "$expfs" exp run "${sweep[@]}" --name "$name" -j 2 >"$work/$name.log" 2>&1 || {
-    tail -n 40 "$work/$name.log" >&2
-    echo "the sweep $name failed; its last lines are above" >&2
+  if ! "$expfs" exp run "${sweep[@]}" --name "$name" -j 2 2>&1 | tee "$log" |
+    { grep --line-buffered -E "$progress" || true; }; then
+    tail -n 40 "$log" >&2
+    echo "the sweep $name failed: the last lines of its output are above" >&2
     exit 1
-  }
+  fi
   elapsed_s=$(awk -v a="$start" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }')
-  grep -E "^\[[^]]+\] (stage '|started|success|failed)|: (success|failed)" \
-    "$work/$name.log" || true
 }
 
 # Print how many stages of sweep $1 ran, were restored or were skipped, and
