@@ -269,8 +269,14 @@ class Runner:
                         display.update(self.render())
             except KeyboardInterrupt:
                 self.stop_event.set()
-                for future in futures:
-                    future.cancel()
+                for name, future in zip(names, futures, strict=True):
+                    if future.cancel():
+                        update_experiment(
+                            self.store,
+                            name,
+                            status=STATUS_STOPPED,
+                            error="stopped before it started",
+                        )
                 pool.shutdown(wait=True)
                 raise
             finally:
@@ -478,8 +484,7 @@ def run_experiments(
     repo = repo_root(store)
     base = snapshot_base(store, repo)
     plans = plan_sweep(store, overrides, name, base)
-    status = STATUS_QUEUED if queue else STATUS_RUNNING
-    created = create_planned(store, plans, base, status)
+    created = create_planned(store, plans, base, STATUS_QUEUED)
     if queue:
         return created
     runner = Runner(store, jobs=jobs, keep_mounted=keep_mounted, echo=echo)

@@ -241,3 +241,37 @@ def test_unknown_param_rejected_before_anything_runs(project: Path) -> None:
     proc = run(project, "exp", "run", "-S", "nosuch=1", check=False)
     assert proc.returncode != 0
     assert "nosuch" in proc.stdout + proc.stderr
+
+
+def test_interrupt_stops_whole_sweep(project: Path, tmp_path: Path) -> None:
+    counter = tmp_path / "counter.txt"
+    env = {**os.environ, "SWEEP_SLEEP": "60", "SWEEP_COUNTER": str(counter)}
+    runner = subprocess.Popen(
+        [*EXPFS, "exp", "run", "-S", "depth=11,12,13", "-j", "2"],
+        cwd=project,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if counter.exists() and len(counter.read_text().splitlines()) == 2:
+                break
+            time.sleep(0.1)
+        assert len(counter.read_text().splitlines()) == 2, "two stages never started"
+        runner.send_signal(signal.SIGINT)
+        assert runner.wait(timeout=60) == 130
+    finally:
+        if runner.poll() is None:
+            os.killpg(runner.pid, signal.SIGKILL)
+            runner.wait()
+    statuses = sorted(e.status for e in show(project).values())
+    assert statuses == ["stopped", "stopped", "stopped"]
+    assert json.loads(run(project, "runs", "--json").stdout) == []
+    assert mounted_below(project) == []
+    sleepers = subprocess.run(
+        ["pgrep", "-f", "python3 train.py"], capture_output=True, text=True
+    ).stdout.split()
+    assert sleepers == []
