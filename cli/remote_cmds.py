@@ -11,9 +11,11 @@ def register(sub: Any) -> None:
     remote = sub.add_parser(
         "remote",
         help="add, list and remove remotes (stores reached through fsspec URLs)",
-        description="Remotes live in .expfs.toml at the repository root, meant to "
-        "be committed, or with --local in .expfs/config. Secrets come from each "
-        "backend's own environment variables and files.",
+        description="Remotes live in .expfs/config, which Git ignores, so adding "
+        "one never changes your working tree; with --project they go to "
+        ".expfs.toml at the repository root, meant to be committed so that every "
+        "clone knows the team's remotes. Secrets come from each backend's own "
+        "environment variables and files.",
     )
     remote_sub = remote.add_subparsers(dest="remote_command", metavar="COMMAND")
     remote_sub.required = True
@@ -29,10 +31,16 @@ def register(sub: Any) -> None:
         action="store_true",
         help="never write to it (pull and look up only)",
     )
-    p.add_argument(
+    where = p.add_mutually_exclusive_group()
+    where.add_argument(
+        "--project",
+        action="store_true",
+        help="keep it in .expfs.toml at the repository root, to be committed",
+    )
+    where.add_argument(
         "--local",
         action="store_true",
-        help="keep it in .expfs/config, which Git ignores, instead of .expfs.toml",
+        help="keep it in .expfs/config, which Git ignores (the default)",
     )
     p.add_argument(
         "-o",
@@ -116,12 +124,13 @@ def cmd_remote_add(args: argparse.Namespace) -> int:
     from expfs.remote.config import RemoteConfig, config_files
 
     store = _store()
+    local = not args.project
     remote = RemoteConfig(
-        args.name, args.url, args.read_only, _parse_options(args.options), args.local
+        args.name, args.url, args.read_only, _parse_options(args.options), local
     )
     files = config_files(store.root)
     files.add(remote, default=args.default)
-    where = files.path(args.local)
+    where = files.path(local)
     print(f"added remote {remote.name} ({remote.display_url}) to {where}")
     return 0
 

@@ -374,7 +374,7 @@ def test_cli_remote_commands(store: Store, capsys: pytest.CaptureFixture[str]) -
     capsys.readouterr()
     assert main(["-C", root, "remote", "list"]) == 0
     listed = capsys.readouterr().out
-    assert "origin\tfile:///tmp/x\t(default)\tjobs=2" in listed
+    assert "origin\tfile:///tmp/x\t(default, local)\tjobs=2" in listed
     assert "hunter2" not in listed
     assert "sftp://u:***@127.0.0.1/x" in listed
     assert main(["-C", root, "remote", "remove", "origin"]) == 0
@@ -402,3 +402,18 @@ def test_cli_push_to_read_only_remote_fails(
     assert main(["-C", root, "push", "-r", "ro"]) == 2
     assert "read-only" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_cli_remote_add_leaves_working_tree_alone(store: Store) -> None:
+    root = os.path.dirname(store.root)
+    before = git(root, "status", "--porcelain")
+    assert (
+        main(["-C", root, "remote", "add", "origin", "file:///tmp/x", "--default"]) == 0
+    )
+    assert git(root, "status", "--porcelain") == before
+    assert not os.path.exists(os.path.join(root, ".expfs.toml"))
+    assert (
+        main(["-C", root, "remote", "add", "team", "file:///tmp/t", "--project"]) == 0
+    )
+    assert os.path.exists(os.path.join(root, ".expfs.toml"))
+    assert config_files(store.root).default_name() == "origin"

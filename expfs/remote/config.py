@@ -1,9 +1,11 @@
 """Remote definitions: a committed `.expfs.toml` and a private `.expfs/config`.
 
 Remotes in `.expfs.toml` at the repository root are meant to be committed,
-so every clone knows the team's remotes. Remotes added with `--local` live
-in `.expfs/config` (mode 0600), which Git ignores, and take precedence over
-a committed remote of the same name. Both files have the same shape:
+so every clone knows the team's remotes (`expfs remote add --project`).
+Remotes in `.expfs/config` (mode 0600), which Git ignores, are where `expfs
+remote add` puts them by default, so adding a remote never changes the
+user's working tree; they take precedence over a committed remote of the
+same name. Both files have the same shape:
 
     [core]
     remote = "origin"            # the default remote
