@@ -52,8 +52,34 @@ class ControlError(ExpfsError):
 # -- runtime files ---------------------------------------------------------------
 
 
+# Linux limits a Unix socket's path to 107 bytes (sun_path is 108 with NUL).
+MAX_SOCKET_PATH_BYTES = 107
+
+
 def socket_path(store_root: str, name: str) -> str:
-    return os.path.join(store_root, layout.RUN_DIR, f"{name}.sock")
+    """Return the control socket of experiment `name`'s daemon.
+
+    It lives in the store's `run/` folder unless that path is too long for
+    a Unix socket (a deep repository, a long name); then it lives in a
+    private folder under the system's temporary folder, named by a digest
+    of the long path, so the daemon and its clients agree on it.
+    """
+    path = os.path.join(store_root, layout.RUN_DIR, f"{name}.sock")
+    if len(os.fsencode(path)) <= MAX_SOCKET_PATH_BYTES:
+        return path
+    import tempfile
+
+    import blake3
+
+    folder = os.path.join(tempfile.gettempdir(), f"expfs-{os.getuid()}")
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    if os.stat(folder).st_uid != os.getuid():
+        raise ControlError(
+            f"{folder} belongs to another user: remove it, or set TMPDIR to a "
+            "folder of your own"
+        )
+    digest = blake3.blake3(os.fsencode(path)).hexdigest()[:32]
+    return os.path.join(folder, f"{digest}.sock")
 
 
 def record_path(store_root: str, name: str) -> str:
