@@ -79,9 +79,13 @@ def start_mount(
     allow_other: bool = False,
 ) -> str:
     """Start a daemon serving experiment `name`; return its mount point."""
-    from expfs.experiments import get_experiment
+    from expfs.workspace import Workspace
 
-    get_experiment(store, name)
+    if not Workspace.exists(store, name):
+        raise MountError(
+            f"no experiment named {name!r}: `expfs exp list` shows the existing "
+            "ones, `expfs exp new NAME` creates one"
+        )
     status = clean_up(store, name)
     if status.state in ("mounted", "orphan"):
         raise MountError(

@@ -119,7 +119,11 @@ def test_daemon_error_reaches_cli(mounted: Mount, tmp_path: Path) -> None:
     import shutil
 
     expfs(mounted.repo, "exp", "new", "e2")
-    shutil.rmtree(mounted.store_root / "workspaces" / "e2")
+    # A workspace whose LMDB file is garbage: only the daemon finds out.
+    lmdb_dir = mounted.store_root / "workspaces" / "e2" / "lmdb"
+    shutil.rmtree(lmdb_dir)
+    lmdb_dir.mkdir()
+    (lmdb_dir / "data.mdb").write_bytes(b"not an LMDB file" * 512)
     target = tmp_path / "mnt2"
     proc = expfs(mounted.repo, "mount", "e2", str(target), check=False)
     assert proc.returncode != 0
