@@ -50,6 +50,8 @@ STATUS_FAILED = "failed"
 STATUS_STOPPED = "stopped"
 # How often a running experiment checks for a stop request, in seconds.
 STOP_POLL_S = 0.2
+# How long a sweep retries unmounting a workspace that is still busy.
+UNMOUNT_RETRY_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -341,10 +343,7 @@ class Runner:
                 output.write(f"error: {error}\n")
             finally:
                 if mountpoint is not None and not self.keep_mounted:
-                    try:
-                        stop_mount(self.store, name)
-                    except ExpfsError as exc:
-                        log.warning("unmount of experiment %s failed: %s", name, exc)
+                    self._unmount(name, stop_mount)
         _clear_stop(self.store, name)
         finished = update_experiment(
             self.store,
@@ -359,6 +358,19 @@ class Runner:
         why = f": {error}" if error else ""
         self._say(name, f"{status} in {elapsed:.1f} s{why}")
         return finished
+
+    def _unmount(self, name: str, stop_mount: Callable[[Store, str], Any]) -> None:
+        """Unmount, retrying while processes that were just stopped let go of it."""
+        deadline = time.monotonic() + UNMOUNT_RETRY_S
+        while True:
+            try:
+                stop_mount(self.store, name)
+                return
+            except ExpfsError as exc:
+                if "busy" not in exc.message or time.monotonic() > deadline:
+                    log.warning("unmount of experiment %s failed: %s", name, exc)
+                    return
+            time.sleep(STOP_POLL_S)
 
     def _cancelled(self, name: str) -> Callable[[], bool]:
         flag = stop_flag_path(self.store, name)

@@ -275,3 +275,48 @@ def test_interrupt_stops_whole_sweep(project: Path, tmp_path: Path) -> None:
         ["pgrep", "-f", "python3 train.py"], capture_output=True, text=True
     ).stdout.split()
     assert sleepers == []
+
+
+SLOW_CHILD_STAGE = """\
+stages:
+  train:
+    cmd: sh -c 'trap "sleep 1; exit 0" TERM; echo started >> "$SWEEP_COUNTER"; while :; do sleep 0.1; done'
+    deps: [train.py]
+    params: [lr]
+    outs: [model.txt]
+"""
+
+
+def test_interrupt_waits_for_slow_children(project: Path, tmp_path: Path) -> None:
+    (project / "dvc.yaml").write_text(SLOW_CHILD_STAGE)
+    counter = tmp_path / "counter.txt"
+    env = {**os.environ, "SWEEP_COUNTER": str(counter)}
+    runner = subprocess.Popen(
+        [*EXPFS, "exp", "run", "-S", "lr=0.1,0.2", "-j", "2"],
+        cwd=project,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if counter.exists() and len(counter.read_text().splitlines()) == 2:
+                break
+            time.sleep(0.1)
+        assert len(counter.read_text().splitlines()) == 2, "two stages never started"
+        runner.send_signal(signal.SIGINT)
+        assert runner.wait(timeout=60) == 130
+    finally:
+        if runner.poll() is None:
+            os.killpg(runner.pid, signal.SIGKILL)
+            runner.wait()
+    assert {e.status for e in show(project).values()} == {"stopped"}
+    assert mounted_below(project) == []
+    daemons = subprocess.run(
+        ["pgrep", "-f", f"expfs.fuse.daemon --store {project}"],
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    assert daemons == []

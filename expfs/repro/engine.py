@@ -70,17 +70,31 @@ LOCKS_DIR = "locks"
 
 
 def stop_process_group(proc: subprocess.Popen[str]) -> None:
-    """End a command's whole process group: SIGTERM, then SIGKILL after a grace."""
-    if proc.poll() is not None:
-        return
+    """End a command's whole process group: SIGTERM, then SIGKILL after a grace.
+
+    Waits until no process of the group is left (or the grace runs out
+    twice), so that the caller can unmount the folder they worked in.
+    """
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        deadline = time.monotonic() + STOP_GRACE_S
+        while _group_alive(proc) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if not _group_alive(proc):
+            break
+    proc.wait()
+
+
+def _group_alive(proc: subprocess.Popen[str]) -> bool:
+    proc.poll()  # reap the group's leader, or it would count as alive
     try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=STOP_GRACE_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        os.killpg(proc.pid, 0)
     except ProcessLookupError:
-        proc.wait()
+        return False
+    return True
 
 
 @contextlib.contextmanager
