@@ -48,6 +48,11 @@ def register(sub: Any) -> None:
         action="store_true",
         help="run independent stages after a failure",
     )
+    p.add_argument(
+        "--no-remote",
+        action="store_true",
+        help="neither look up nor push runs on the default remote",
+    )
     p.add_argument("--file", default="dvc.yaml", help="stage file (default: dvc.yaml)")
     p.set_defaults(handler=cmd_repro)
 
@@ -76,6 +81,7 @@ def _repro(args: argparse.Namespace, **overrides: Any) -> Any:
         dry=getattr(args, "dry", False),
         no_run_cache=getattr(args, "no_run_cache", False),
         keep_going=getattr(args, "keep_going", False),
+        no_remote=getattr(args, "no_remote", False),
     )
     for name, value in overrides.items():
         setattr(options, name, value)

@@ -45,6 +45,11 @@ def register_exp(exp_sub: Any) -> None:
         help="record the experiments without running them",
     )
     p.add_argument(
+        "--no-remote",
+        action="store_true",
+        help="neither look up nor push runs on the default remote",
+    )
+    p.add_argument(
         "--keep-mounted",
         action="store_true",
         help="leave each workspace mounted afterwards",
@@ -135,6 +140,7 @@ def cmd_exp_run(args: argparse.Namespace) -> int:
             jobs=args.jobs,
             queue=args.queue,
             keep_mounted=args.keep_mounted,
+            no_remote=args.no_remote,
         )
     except KeyboardInterrupt:
         print("expfs: interrupted: running experiments were stopped", file=sys.stderr)

@@ -213,6 +213,7 @@ class Runner:
     keep_mounted: bool = False
     echo: TextIO | None = sys.stdout
     stop_event: threading.Event | None = None
+    no_remote: bool = False
 
     def __post_init__(self) -> None:
         self.stop_event = self.stop_event or threading.Event()
@@ -394,6 +395,7 @@ class Runner:
             options = Options(
                 cancelled=self._cancelled(experiment.name),
                 on_stage=self._on_stage(experiment.name),
+                no_remote=self.no_remote,
             )
             repro = Repro(self.store, place, options=options, out=output)  # type: ignore[arg-type]
             repro.run()
@@ -490,6 +492,7 @@ def run_experiments(
     jobs: int = 1,
     queue: bool = False,
     keep_mounted: bool = False,
+    no_remote: bool = False,
     echo: TextIO | None = sys.stdout,
 ) -> list[Experiment]:
     """Create the experiments of a sweep and run them (or only queue them)."""
@@ -499,7 +502,9 @@ def run_experiments(
     created = create_planned(store, plans, base, STATUS_QUEUED)
     if queue:
         return created
-    runner = Runner(store, jobs=jobs, keep_mounted=keep_mounted, echo=echo)
+    runner = Runner(
+        store, jobs=jobs, keep_mounted=keep_mounted, echo=echo, no_remote=no_remote
+    )
     return runner.run_all([e.name for e in created])
 
 

@@ -244,3 +244,20 @@ def test_run_record_keeps_command_output(store: Store, repo: Path) -> None:
     records = list(RunCache(store))
     assert len(records) == 1
     assert "hello-from-stage" in records[0].log
+
+
+def test_no_remote_flag_pushes_nothing(
+    store: Store, repo: Path, tmp_path: Path
+) -> None:
+    write_pipeline(repo)
+    remote = tmp_path / "remote"
+    cli = [sys.executable, "-m", "expfs"]
+    add = [*cli, "remote", "add", "origin", f"file://{remote}", "--default"]
+    subprocess.run(add, cwd=repo, check=True, capture_output=True)
+    subprocess.run(
+        [*cli, "repro", "--no-remote"], cwd=repo, check=True, capture_output=True
+    )
+    assert not remote.exists() or not any(remote.rglob("*"))
+    set_params(repo, 5, 0.4)
+    subprocess.run([*cli, "repro"], cwd=repo, check=True, capture_output=True)
+    assert any(remote.rglob("*"))
