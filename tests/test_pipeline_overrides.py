@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
 import json
+import logging
 import tomllib
 from pathlib import Path
 
@@ -216,3 +218,169 @@ def test_python_delete_missing_parent(tmp_path: Path) -> None:
         apply(tmp_path, "p.py:~LR.x")
     with pytest.raises(OverrideError, match="param 'NOPE.x' not found in 'p.py'"):
         apply(tmp_path, "p.py:~NOPE.x")
+
+
+PARAMS_YAML = """\
+# Training parameters
+train:
+  lr: 0.1  # learning rate
+  name: 'resnet'
+  layers: [8, 16]
+  opt:
+    kind: sgd
+    momentum: 0.9
+
+# Evaluation
+eval:
+  batch: 32
+  splits:
+    - val
+    - test
+"""
+
+
+def diff_lines(before: str, after: str) -> tuple[list[str], list[str]]:
+    """Return the lines removed from and added to `before`."""
+    diff = list(difflib.ndiff(before.splitlines(), after.splitlines()))
+    removed = [line[2:] for line in diff if line.startswith("- ")]
+    added = [line[2:] for line in diff if line.startswith("+ ")]
+    return removed, added
+
+
+def edit_params_yaml(folder: Path, *texts: str) -> str:
+    (folder / "params.yaml").write_text(PARAMS_YAML)
+    return (apply(folder, *texts) / "params.yaml").read_text()
+
+
+@pytest.mark.parametrize(
+    ("override", "old_line", "new_line"),
+    [
+        ("train.lr=0.01", "  lr: 0.1  # learning rate", "  lr: 0.01  # learning rate"),
+        ("train.opt.momentum=0.95", "    momentum: 0.9", "    momentum: 0.95"),
+        ("train.layers[1]=64", "  layers: [8, 16]", "  layers: [8, 64]"),
+        ("eval.splits[-1]=train", "    - test", "    - train"),
+        ("train.name=vgg", "  name: 'resnet'", "  name: 'vgg'"),
+        ("train.name=yes", "  name: 'resnet'", "  name: 'yes'"),
+        ("eval.batch='64'", "  batch: 32", "  batch: '64'"),
+        ("eval.batch=true", "  batch: 32", "  batch: true"),
+        ("train.opt.kind=[a, b]", "    kind: sgd", "    kind: [a, b]"),
+    ],
+)
+def test_yaml_set_changes_one_line(
+    tmp_path: Path, override: str, old_line: str, new_line: str
+) -> None:
+    text = edit_params_yaml(tmp_path, override)
+    assert diff_lines(PARAMS_YAML, text) == ([old_line], [new_line])
+
+
+def test_yaml_set_keeps_types(tmp_path: Path) -> None:
+    text = edit_params_yaml(
+        tmp_path, "train.lr=1e-5", "train.name='0.1'", "eval.batch=0.5"
+    )
+    train = yaml.safe_load(text)["train"]
+    assert train["lr"] == "1e-5"
+    assert train["name"] == "0.1"
+    assert yaml.safe_load(text)["eval"]["batch"] == 0.5
+
+
+def test_yaml_add_key_after_last_entry(tmp_path: Path) -> None:
+    text = edit_params_yaml(tmp_path, "+train.dropout=0.5")
+    lines = text.splitlines()
+    assert diff_lines(PARAMS_YAML, text) == ([], ["  dropout: 0.5"])
+    # The new key goes after the last key of `train`, above the blank line
+    # and the comment that belong to `eval`.
+    assert lines[lines.index("  dropout: 0.5") - 1] == "    momentum: 0.9"
+
+
+def test_yaml_add_nested_keys_and_item(tmp_path: Path) -> None:
+    text = edit_params_yaml(
+        tmp_path, "+train.sched.kind=cosine", "+eval.splits[2]=extra", "++top=1"
+    )
+    removed, added = diff_lines(PARAMS_YAML, text)
+    assert removed == []
+    assert added == ["  sched:", "    kind: cosine", "    - extra", "top: 1"]
+    assert yaml.safe_load(text)["train"]["sched"] == {"kind": "cosine"}
+    assert yaml.safe_load(text)["eval"]["splits"] == ["val", "test", "extra"]
+
+
+def test_yaml_delete_removes_only_its_lines(tmp_path: Path) -> None:
+    text = edit_params_yaml(tmp_path, "~train.opt", "~eval.splits[0]")
+    removed, added = diff_lines(PARAMS_YAML, text)
+    assert removed == ["  opt:", "    kind: sgd", "    momentum: 0.9", "    - val"]
+    assert added == []
+    assert "\n\n# Evaluation\n" in text
+
+
+def test_yaml_delete_in_flow_list(tmp_path: Path) -> None:
+    text = edit_params_yaml(tmp_path, "~train.layers[0]")
+    assert diff_lines(PARAMS_YAML, text) == (
+        ["  layers: [8, 16]"],
+        ["  layers: [16]"],
+    )
+
+
+def test_yaml_delete_last_key_leaves_empty(tmp_path: Path) -> None:
+    (tmp_path / "params.yaml").write_text("# top\na:\n  b: 1\n")
+    text = (apply(tmp_path, "~a.b") / "params.yaml").read_text()
+    assert text == "# top\na: {}\n"
+    assert yaml.safe_load(text) == {"a": {}}
+
+
+def test_yaml_replace_block_with_value(tmp_path: Path) -> None:
+    text = edit_params_yaml(tmp_path, "train.opt=adam")
+    removed, added = diff_lines(PARAMS_YAML, text)
+    assert removed == ["  opt:", "    kind: sgd", "    momentum: 0.9"]
+    assert added == ["  opt: adam"]
+
+
+def test_yaml_add_to_empty_file(tmp_path: Path) -> None:
+    (tmp_path / "params.yaml").write_text("# no params yet\n")
+    text = (apply(tmp_path, "+train.lr=0.1") / "params.yaml").read_text()
+    assert text == "# no params yet\ntrain:\n  lr: 0.1\n"
+
+
+def test_yaml_aliases_fall_back_to_dump(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "params.yaml").write_text("# c\nbase: &b {x: 1}\nother: *b\n")
+    with caplog.at_level(logging.WARNING, logger="expfs.pipeline.overrides"):
+        text = (apply(tmp_path, "base.x=2") / "params.yaml").read_text()
+    assert yaml.safe_load(text) == {"base": {"x": 2}, "other": {"x": 2}}
+    assert "anchors and aliases" in caplog.text
+
+
+TOML_PARAMS = """\
+# Training parameters
+title = "run"  # shown in reports
+
+[train]
+lr = 0.1  # learning rate
+layers = [8, 16]
+
+# Optimizer
+[train.opt]
+name = 'sgd'
+"""
+
+
+def test_toml_set_changes_one_line(tmp_path: Path) -> None:
+    (tmp_path / "p.toml").write_text(TOML_PARAMS)
+    out = apply(tmp_path, "p.toml:train.lr=0.01", "p.toml:train.layers[1]=64")
+    text = (out / "p.toml").read_text()
+    assert diff_lines(TOML_PARAMS, text) == (
+        ["lr = 0.1  # learning rate", "layers = [8, 16]"],
+        ["lr = 0.01  # learning rate", "layers = [8, 64]"],
+    )
+
+
+def test_toml_add_and_delete(tmp_path: Path) -> None:
+    (tmp_path / "p.toml").write_text(TOML_PARAMS)
+    out = apply(tmp_path, "p.toml:+new.a.b=1", "p.toml:~train.lr")
+    text = (out / "p.toml").read_text()
+    assert text.startswith("# Training parameters\n")
+    assert "# Optimizer\n" in text
+    assert tomllib.loads(text) == {
+        "title": "run",
+        "train": {"layers": [8, 16], "opt": {"name": "sgd"}},
+        "new": {"a": {"b": 1}},
+    }

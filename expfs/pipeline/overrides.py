@@ -17,10 +17,14 @@ a sweep (`lr=0.1,0.01` is two values), as do `choice(a, b)` and
 single-valued overrides per combination.
 
 Applying overrides reads each params file from one folder and writes the
-changed file into another (or the same) folder. YAML, JSON and TOML files
-are rewritten whole; comments in YAML and TOML are not kept. Python files
-are edited in place in their source text: only the literal that changes is
-replaced, so comments and the rest of the file stay as they were.
+changed file into another (or the same) folder. YAML, TOML and Python files
+are edited in their source text, so comments, blank lines, key order and
+the formatting of untouched values stay as they were. YAML edits use the
+node positions that PyYAML records (yamledit.py), TOML edits use tomlkit,
+and Python edits use the syntax tree (pyedit.py). An edited YAML or TOML
+file must read back as exactly the data that the overrides produce. When it
+does not, or yamledit.py cannot edit the file's structure, the file is
+rewritten whole without its comments, as JSON files always are.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import logging
+import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -35,6 +41,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import tomli_w
+import tomlkit
+import tomlkit.exceptions
 import yaml
 
 from expfs.pipeline.errors import OverrideError, ParamsError
@@ -46,6 +54,9 @@ from expfs.pipeline.params import (
     parse_params_text,
 )
 from expfs.pipeline.pyedit import apply_to_python_source
+from expfs.pipeline.yamledit import UnsupportedEdit, edit_yaml_source
+
+log = logging.getLogger(__name__)
 
 Action = Literal["set", "add", "force_add", "delete"]
 _PREFIXES: tuple[tuple[str, Action], ...] = (
@@ -222,8 +233,10 @@ def _apply(root: Any, override: Override, file_label: str) -> None:
         if child is _MISSING:
             if not creating:
                 raise _missing(override, file_label, parts[: depth + 1])
-            child = {}
-            _assign(node, part, child, override, file_label)
+            _assign(node, part, {}, override, file_label)
+            # Read the child back, because a tomlkit container stores a copy
+            # of the dict it is given.
+            child = _child(node, part)
         node = child
     last = parts[-1]
     exists = _child(node, last) is not _MISSING
@@ -351,7 +364,69 @@ def _apply_file(source: Path, file_name: str, group: list[Override]) -> str:
     data = parse_params_text(text, fmt, source)
     for override in group:
         data = apply_to_data(data, override, file_name)
-    return _dump(data, fmt, text, file_name)
+    if fmt not in ("yaml", "toml"):
+        return _dump(data, fmt, text, file_name)
+    try:
+        edited = _edit_source(text, fmt, group, file_name)
+        if not _reads_as(edited, fmt, source, data):
+            raise UnsupportedEdit(
+                "the edited text did not read back as the expected params"
+            )
+        return edited
+    except UnsupportedEdit as exc:
+        # _dump raises for data that the format cannot store, so warn only
+        # once the whole rewrite has succeeded.
+        rewritten = _dump(data, fmt, text, file_name)
+        log.warning(
+            "rewrote %s whole, dropping its comments, because %s could not be "
+            "edited in place: %s",
+            file_name,
+            ", ".join(o.text for o in group),
+            exc,
+        )
+        return rewritten
+
+
+def _edit_source(text: str, fmt: str, group: list[Override], file_name: str) -> str:
+    """Apply `group` to the YAML or TOML source `text`, raising UnsupportedEdit on failure."""
+    if fmt == "yaml":
+        for override in group:
+            text = edit_yaml_source(text, override)
+        return text
+    try:
+        document = tomlkit.parse(text)
+        for override in group:
+            _apply(document, override, file_name)
+    # ConvertError (a TOMLKitError) is raised for a value TOML cannot store,
+    # such as None, and OverrideError if tomlkit's tree differs from the data.
+    except (tomlkit.exceptions.TOMLKitError, OverrideError) as exc:
+        raise UnsupportedEdit(f"tomlkit failed: {exc}") from exc
+    return tomlkit.dumps(document)
+
+
+def _reads_as(text: str, fmt: str, source: Path, expected: Any) -> bool:
+    try:
+        data = parse_params_text(text, fmt, source)
+    except ParamsError:
+        return False
+    return _same_data(data, expected)
+
+
+def _same_data(left: Any, right: Any) -> bool:
+    """Compare parsed params, telling apart values that == confuses (True and 1)."""
+    if type(left) is not type(right):
+        return False
+    if isinstance(left, dict):
+        return left.keys() == right.keys() and all(
+            _same_data(value, right[key]) for key, value in left.items()
+        )
+    if isinstance(left, list):
+        return len(left) == len(right) and all(
+            _same_data(a, b) for a, b in zip(left, right, strict=True)
+        )
+    if isinstance(left, float) and math.isnan(left):
+        return math.isnan(right)
+    return bool(left == right)
 
 
 def _dump(data: Any, fmt: str, original: str, file_name: str) -> str:
