@@ -4,10 +4,11 @@ A sweep snapshots the user's working tree once, creates one experiment per
 combination of `-S` values on that base (O(1) each), and runs them `jobs`
 at a time. Each run mounts its workspace, applies its overrides there (the
 user's files never change), runs the pipeline with the shared run-cache,
-records params, metrics and the resulting snapshot, and unmounts. A failed
-experiment is marked failed with its log and the others go on; a stopped
-one (Ctrl-C, `expfs exp kill`, `expfs queue stop`) has its stage's process
-group ended and records nothing for that stage.
+records params, metrics and the resulting snapshot, and unmounts.
+
+A failed experiment is marked failed with its log, and the others go on.
+Stopping one (Ctrl-C, `expfs exp kill`, `expfs queue stop`) ends its
+stage's process group, and nothing is recorded for that stage.
 """
 
 from __future__ import annotations
@@ -183,7 +184,7 @@ class _PrefixedOutput:
 
 @dataclass
 class Row:
-    """What a sweep shows of one experiment while it runs."""
+    """The live state of one experiment in a sweep's display."""
 
     status: str = STATUS_QUEUED
     stage: str = ""
@@ -203,9 +204,10 @@ class Row:
 class Runner:
     """Runs experiments of one store, `jobs` at a time.
 
-    On a terminal it draws one live line per experiment (stage, how many
-    stages ran or were restored, elapsed time) and keeps each run's output
-    in its log; otherwise it prints plain lines prefixed by the experiment.
+    On a terminal it draws one live line per experiment: its stage, how many
+    stages ran or were restored, and the elapsed time. Each run's output then
+    goes to its log only. Off a terminal it prints plain lines prefixed by
+    the experiment's name.
     """
 
     store: Store

@@ -1,9 +1,9 @@
 """Run a pipeline stage by stage in one place, with the run-cache.
 
-For each stage, in DAG order: fingerprint its dependencies and params
-before anything runs, derive the run key, then skip the stage when the lock
-file says its outputs are those of this key, restore it when the run-cache
-has a complete entry, and run its command otherwise. Only successful runs
+Each stage, in DAG order, has its dependencies and params fingerprinted
+before anything runs, which gives its run key. The stage is skipped when the
+lock file records its current outputs under that key, restored when the
+run-cache has a complete entry, and run otherwise. Only successful runs
 whose dependencies did not change while they ran are recorded.
 """
 
