@@ -101,6 +101,13 @@ def build_parser() -> argparse.ArgumentParser:
         "10,000 files (default: as --reps, with the warm-ups)",
     )
     parser.add_argument(
+        "--render-only",
+        type=Path,
+        metavar="RECORD",
+        help="measure nothing: rewrite the results section and plots from a JSON "
+        "record an earlier run wrote (bench/plots/restore.json)",
+    )
+    parser.add_argument(
         "--parts",
         default=",".join(PARTS),
         help=f"what to measure, comma-separated (default {','.join(PARTS)})",
@@ -219,10 +226,14 @@ def load_note(start: str, end: str) -> str:
 
 
 def leftover_mounts(work: Path) -> list[str]:
-    prefix = str(work.resolve()) + "/"
+    """List mounts left under this benchmark's own folders of `work`.
+
+    Other benchmarks share `work`, so their mounts are left alone.
+    """
+    prefixes = tuple(f"{work.resolve() / part}/" for part in PARTS)
     with open("/proc/mounts") as f:
         points = [line.split()[1].replace("\\040", " ") for line in f]
-    return [p for p in points if p.startswith(prefix)]
+    return [p for p in points if p.startswith(prefixes)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -234,6 +245,9 @@ def main(argv: list[str] | None = None) -> int:
         work / "RESULTS.md" if args.quick else BENCH_DIR / "RESULTS.md"
     )
     plots_dir = args.plots or (work / "plots" if args.quick else BENCH_DIR / "plots")
+    if args.render_only is not None:
+        record = json.loads(args.render_only.read_text())
+        return publish(record, results, plots_dir)
     dvc = prepare_dvc(args, work)
     dvc_version = (
         version_of([str(dvc.program), "--version"], dvc.env)
@@ -259,9 +273,14 @@ def main(argv: list[str] | None = None) -> int:
     record["load_note"] = load_note(record["machine"]["load"], record["load_end"])
     plots_dir.mkdir(parents=True, exist_ok=True)
     (plots_dir / "restore.json").write_text(json.dumps(record, indent=1) + "\n")
+    return publish(record, results, plots_dir)
+
+
+def publish(record: dict[str, Any], results: Path, plots_dir: Path) -> int:
+    """Write the plots and the results section; return 1 if a tool failed."""
     plots = write_plots_if_possible(record, plots_dir)
     write_section(results, render(record, plots, results))
-    print(f"wrote {results}, {plots_dir / 'restore.json'} and {len(plots)} plot(s)")
+    print(f"wrote {results} and {len(plots)} plot(s) in {plots_dir}")
     return 1 if has_failures(record) else 0
 
 
