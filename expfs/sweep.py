@@ -20,10 +20,10 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import blake3
 
@@ -40,6 +40,9 @@ from expfs.experiments import (
 )
 from expfs.store import layout
 from expfs.store.objects import Store
+
+if TYPE_CHECKING:
+    from expfs.fuse.launcher import Launcher
 from expfs.store.trees import Digest
 
 log = logging.getLogger(__name__)
@@ -221,6 +224,7 @@ class Runner:
         self.stop_event = self.stop_event or threading.Event()
         self.echo_lock = threading.Lock()
         self.rows: dict[str, Row] = {}
+        self.launcher: Launcher | None = None
         self.live = self.echo is not None and self.echo.isatty()
 
     def _on_stage(self, name: str) -> Callable[[str, str], None]:
@@ -264,12 +268,23 @@ class Runner:
         assert self.stop_event is not None
         for name in names:
             self.rows[name] = Row()
+        from expfs.fuse.launcher import Launcher
+
+        self.launcher = Launcher(self.store.root)
+        try:
+            return self._run_all(names)
+        finally:
+            self.launcher.close()
+
+    def _run_all(self, names: Sequence[str]) -> list[Experiment]:
+        assert self.stop_event is not None
         display = self._live_display()
         with display, ThreadPoolExecutor(max_workers=max(1, self.jobs)) as pool:
             futures = [pool.submit(self.run_one, name) for name in names]
             try:
-                while not all(f.done() for f in futures):
-                    time.sleep(STOP_POLL_S)
+                pending = set(futures)
+                while pending:
+                    _, pending = wait(pending, timeout=STOP_POLL_S)
                     if self.live:
                         display.update(self.render())
             except KeyboardInterrupt:
@@ -332,7 +347,7 @@ class Runner:
             output = _PrefixedOutput(name, log_file, echo, self.echo_lock)
             mountpoint = None
             try:
-                mountpoint = start_mount(self.store, name)
+                mountpoint = start_mount(self.store, name, launcher=self.launcher)
                 changes = self._run_in_mount(experiment, mountpoint, output)
                 status = STATUS_SUCCESS
             except StageStopped as exc:

@@ -315,7 +315,7 @@ def test_interrupt_waits_for_slow_children(project: Path, tmp_path: Path) -> Non
     assert {e.status for e in show(project).values()} == {"stopped"}
     assert mounted_below(project) == []
     daemons = subprocess.run(
-        ["pgrep", "-f", f"expfs.fuse.daemon --store {project}"],
+        ["pgrep", "-f", f"expfs.fuse.(daemon|launcher) --store {project}"],
         capture_output=True,
         text=True,
     ).stdout.split()

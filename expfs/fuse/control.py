@@ -163,7 +163,9 @@ def daemon_alive(pid: int) -> bool:
             state = f.read().rsplit(")", 1)[1].split()[0]
     except (FileNotFoundError, ProcessLookupError, IndexError):
         return False
-    return state != "Z" and DAEMON_MODULE.encode() in cmdline
+    # A daemon is either its own interpreter or forked from the launcher.
+    known = (DAEMON_MODULE.encode(), b"expfs.fuse.launcher")
+    return state != "Z" and any(module in cmdline for module in known)
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from typing import Any
 
 from expfs.errors import ExpfsError
 from expfs.fuse import control
+from expfs.fuse.launcher import ForkedDaemon, Launcher
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +78,13 @@ def start_mount(
     name: str,
     mountpoint: str | None = None,
     allow_other: bool = False,
+    launcher: Launcher | None = None,
 ) -> str:
-    """Start a daemon serving experiment `name`; return its mount point."""
+    """Start a daemon serving experiment `name`; return its mount point.
+
+    With a `launcher` the daemon is forked from it, with its imports done,
+    instead of started as a new interpreter.
+    """
     from expfs.workspace import Workspace
 
     if not Workspace.exists(store, name):
@@ -119,15 +125,23 @@ def start_mount(
     if allow_other:
         command.append("--allow-other")
     log_file = open(control.log_path(store.root, name), "ab")
+    proc: subprocess.Popen[bytes] | ForkedDaemon
     try:
-        proc = subprocess.Popen(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=log_file,
-            pass_fds=(write_fd,),
-            start_new_session=True,
-        )
+        if launcher is not None:
+            argv = (
+                command[3 : command.index("--ready-fd")]
+                + command[command.index("--ready-fd") + 2 :]
+            )
+            proc = ForkedDaemon(launcher.spawn(argv, write_fd, log_file.fileno()))
+        else:
+            proc = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=log_file,
+                pass_fds=(write_fd,),
+                start_new_session=True,
+            )
     finally:
         os.close(write_fd)
         log_file.close()
@@ -140,7 +154,7 @@ def start_mount(
     return path
 
 
-def _read_ready(fd: int, proc: subprocess.Popen[bytes]) -> str:
+def _read_ready(fd: int, proc: subprocess.Popen[bytes] | ForkedDaemon) -> str:
     deadline = time.monotonic() + READY_TIMEOUT_S
     data = b""
     while b"\n" not in data:
