@@ -18,7 +18,10 @@ closes the workspace and removes its runtime files. Everything goes to
 from __future__ import annotations
 
 import argparse
+import collections
 import errno
+import functools
+import json
 import logging
 import os
 import signal
@@ -290,6 +293,40 @@ def _setup_logging(store_root: str, name: str, debug: bool, foreground: bool) ->
     root.setLevel(logging.DEBUG if debug else logging.INFO)
 
 
+def count_requests(ops: Any, counts: collections.Counter[str]) -> None:
+    """Make every FUSE handler of `ops` count its calls in `counts`.
+
+    The counting wrappers are set on the instance, so an unprofiled daemon
+    pays nothing for them.
+    """
+    for name in dir(pyfuse3.Operations):
+        if name.startswith("_") or name in ("init", "stacktrace"):
+            continue
+        handler = getattr(ops, name, None)
+        if callable(handler):
+            setattr(ops, name, _counted(handler, name, counts))
+
+
+def _counted(handler: Any, name: str, counts: collections.Counter[str]) -> Any:
+    @functools.wraps(handler)
+    async def wrapper(*args: Any) -> Any:
+        counts[name] += 1
+        return await handler(*args)
+
+    return wrapper
+
+
+def write_request_counts(path: str, counts: collections.Counter[str]) -> None:
+    total = sum(counts.values())
+    log.info(
+        "FUSE requests served: %d (%s)",
+        total,
+        ", ".join(f"{name} {n}" for name, n in counts.most_common()),
+    )
+    with open(path, "w") as f:
+        json.dump(dict(counts.most_common()), f, indent=1)
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m expfs.fuse.daemon",
@@ -312,7 +349,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--profile",
         metavar="FILE",
         default=os.environ.get("EXPFS_DAEMON_PROFILE"),
-        help="write cProfile statistics of the daemon to FILE at exit "
+        help="write cProfile statistics of the daemon to FILE and the number "
+        "of FUSE requests of each kind to FILE.requests.json at exit "
         "(default: $EXPFS_DAEMON_PROFILE)",
     )
     return parser.parse_args(argv)
@@ -344,9 +382,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         daemon.close()
         return 1
     profiler = None
+    requests: collections.Counter[str] = collections.Counter()
     if args.profile:
         import cProfile
 
+        count_requests(daemon.ops, requests)
         profiler = cProfile.Profile()
         profiler.enable()
     try:
@@ -359,6 +399,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if profiler is not None:
             profiler.disable()
             profiler.dump_stats(args.profile)
+            write_request_counts(args.profile + ".requests.json", requests)
         daemon.close()
         log.info("stopped daemon pid %d of experiment %s", os.getpid(), args.name)
     return 0
