@@ -1053,11 +1053,15 @@ class Workspace:
     # -- extended attributes -------------------------------------------------
 
     def getxattr(self, ino: int, name: bytes) -> bytes:
-        self.node(ino)
-        value = self._get(DB_XATTRS, ino_key(ino) + name)
+        value = self.find_xattr(ino, name)
         if value is None:
             raise NoAttribute(f"inode {ino} has no attribute {name!r}")
         return value
+
+    def find_xattr(self, ino: int, name: bytes) -> bytes | None:
+        """Return an extended attribute's value, or None if it is not set."""
+        self.node(ino)
+        return self._get(DB_XATTRS, ino_key(ino) + name)
 
     def setxattr(self, ino: int, name: bytes, value: bytes) -> None:
         if name in _ACL_XATTRS:
