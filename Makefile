@@ -35,8 +35,9 @@ lint: venv
 
 venv: system-packages $(STAMP)
 
-# The benchmark suite (python -m bench): a full run takes hours and about
-# 45 GiB free, bench-quick is a smoke run of a minute. Both install the
+# The benchmark suite (python -m bench). A full run needs about 45 GiB free
+# and takes hours (47 minutes with BENCH_ARGS=--large-reps 1 on 2 busy
+# cores); bench-quick is a smoke run of a minute or two. Both install the
 # bench extra (matplotlib), and DVC into bench/work/dvc-venv on first use.
 BENCH_STAMP := $(VENV)/.bench-installed
 BENCH_ARGS ?=

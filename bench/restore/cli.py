@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -269,11 +271,20 @@ def main(argv: list[str] | None = None) -> int:
         for point in leftover_mounts(work):
             print(f"unmounting {point}, left by a failed step", file=sys.stderr)
             subprocess.run(["fusermount3", "-u", point], check=False)
+    remove_scratch(work)
     record["load_end"] = load_average()
     record["load_note"] = load_note(record["machine"]["load"], record["load_end"])
     plots_dir.mkdir(parents=True, exist_ok=True)
     (plots_dir / "restore.json").write_text(json.dumps(record, indent=1) + "\n")
     return publish(record, results, plots_dir)
+
+
+def remove_scratch(work: Path) -> None:
+    """Remove DVC's private home and this run's emptied folders from `work`."""
+    shutil.rmtree(work / "dvc-home", ignore_errors=True)
+    for part in PARTS:
+        with contextlib.suppress(OSError):
+            (work / part).rmdir()
 
 
 def publish(record: dict[str, Any], results: Path, plots_dir: Path) -> int:
