@@ -8,6 +8,7 @@ content race harmlessly: the rename is atomic and both files are identical.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
@@ -97,6 +98,53 @@ def _in_threads(fn: Callable[[str], None], paths: Sequence[str]) -> None:
 
     with ThreadPoolExecutor(min(FSYNC_THREADS, len(paths))) as pool:
         list(pool.map(fn, paths))
+
+
+# Blobs at least this large are restored by the kernel (copy_file_range)
+# after a separate verification pass; smaller ones in one read-hash-write pass.
+KERNEL_COPY_MIN_BYTES = 1 << 20
+_ZEROS = bytes(CHUNK_BYTES)
+
+
+def copy_sparse_hashing(src: BinaryIO, dst: BinaryIO, hasher: blake3.blake3) -> int:
+    """Copy `src` to `dst` while hashing it, seeking over all-zero chunks.
+
+    Skipping zero chunks keeps a sparse file sparse (as `cp --sparse=auto`
+    does). Returns the number of bytes copied.
+    """
+    size = 0
+    while chunk := src.read(CHUNK_BYTES):
+        hasher.update(chunk)
+        if chunk == _ZEROS[: len(chunk)]:
+            dst.seek(len(chunk), os.SEEK_CUR)
+        else:
+            dst.write(chunk)
+        size += len(chunk)
+    dst.truncate(size)
+    return size
+
+
+def copy_data_extents(src_fd: int, dst_fd: int, size: int) -> None:
+    """Copy a file's data extents in the kernel; holes are left as holes."""
+    offset = 0
+    while offset < size:
+        try:
+            start = os.lseek(src_fd, offset, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:  # no data after `offset`
+                break
+            raise
+        end = min(os.lseek(src_fd, start, os.SEEK_HOLE), size)
+        position = start
+        while position < end:
+            copied = os.copy_file_range(
+                src_fd, dst_fd, end - position, position, position
+            )
+            if copied == 0:
+                break
+            position += copied
+        offset = end
+    os.ftruncate(dst_fd, size)
 
 
 def fsync_dir(path: str) -> None:
@@ -206,10 +254,7 @@ class Store:
             hasher = new_hasher(os.fstat(src.fileno()).st_size)
             with open(temp, "xb") as dst:
                 try:
-                    while chunk := src.read(CHUNK_BYTES):
-                        hasher.update(chunk)
-                        dst.write(chunk)
-                    size = dst.tell()
+                    size = copy_sparse_hashing(src, dst, hasher)
                 except BaseException:
                     os.unlink(temp)
                     raise
@@ -281,13 +326,27 @@ class Store:
         the blob, so a damaged object is never copied silently.
         """
         with self.open_blob(digest) as src:
-            hasher = new_hasher(os.fstat(src.fileno()).st_size)
+            size = os.fstat(src.fileno()).st_size
+            if size >= KERNEL_COPY_MIN_BYTES:
+                # Verify first (multithreaded over a mapping), then let the
+                # kernel copy only the data extents, so holes stay holes.
+                if hash_file(self.blob_path(digest)) != digest:
+                    raise CorruptObject(digest, self.blob_path(digest))
+                fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                try:
+                    copy_data_extents(src.fileno(), fd, size)
+                    os.fchmod(fd, mode)
+                except BaseException:
+                    os.close(fd)
+                    os.unlink(dest)
+                    raise
+                os.close(fd)
+                return
+            hasher = new_hasher(size)
             fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             try:
                 with os.fdopen(fd, "wb") as dst:
-                    while chunk := src.read(CHUNK_BYTES):
-                        hasher.update(chunk)
-                        dst.write(chunk)
+                    copy_sparse_hashing(src, dst, hasher)
                     os.fchmod(dst.fileno(), mode)
             except BaseException:
                 os.unlink(dest)
