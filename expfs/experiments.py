@@ -31,6 +31,8 @@ MAX_NAME_BYTES = 100
 # Worktrees of experiments live here, one empty folder (but for Git's `.git`
 # file) per experiment, so `git worktree prune` keeps their git folders.
 WORKTREES_DIR = "worktrees"
+# Worktree indexes already built, one per (base commit, base snapshot).
+INDEX_CACHE_DIR = "worktree-index"
 
 STATUS_CREATED = "created"
 
@@ -194,7 +196,9 @@ def create_experiment(
         Workspace.remove(store, name)
     Workspace.create(store, name, base).close()
     try:
-        gitdir = add_worktree(store, repo, name, commit, from_worktree=from_rev is None)
+        gitdir = add_worktree(
+            store, repo, name, commit, from_worktree=from_rev is None, base=base
+        )
     except BaseException:
         Workspace.remove(store, name)
         raise
@@ -293,7 +297,13 @@ def worktree_path(store: Store, name: str) -> str:
 
 
 def add_worktree(
-    store: Store, repo: str, name: str, commit: str, *, from_worktree: bool
+    store: Store,
+    repo: str,
+    name: str,
+    commit: str,
+    *,
+    from_worktree: bool,
+    base: str = "",
 ) -> str:
     """Add a detached, empty Git worktree at `commit`; return its git folder.
 
@@ -320,11 +330,33 @@ def add_worktree(
     )
     gitdir = _git(path, "rev-parse", "--absolute-git-dir").strip()
     index = os.path.join(gitdir, "index")
+    cached = _cached_index_path(store, commit, base, from_worktree)
+    if os.path.exists(cached):
+        shutil.copyfile(cached, index)
+        return gitdir
     if from_worktree:
         _stage_working_tree(repo, index)
     else:
         _git(repo, "read-tree", commit, env={"GIT_INDEX_FILE": index})
+    temp = f"{cached}.{os.getpid()}.tmp"
+    shutil.copyfile(index, temp)
+    os.rename(temp, cached)
     return gitdir
+
+
+def _cached_index_path(
+    store: Store, commit: str, base: str, from_worktree: bool
+) -> str:
+    """Return where the worktree index of (commit, base snapshot) is kept.
+
+    Building an index costs time in the number of files (`git add -A` over
+    the user's checkout), so it is built once per base and copied for every
+    other experiment of that base: a sweep pays for it once.
+    """
+    folder = os.path.join(store.root, INDEX_CACHE_DIR)
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    kind = "worktree" if from_worktree else "commit"
+    return os.path.join(folder, f"{commit}-{base}-{kind}.index")
 
 
 def _stage_working_tree(repo: str, index: str) -> None:

@@ -17,6 +17,8 @@ Folders under the store root (`<repo>/.expfs/`):
     mnt/              default mount points
     worktrees/NAME/   an experiment's Git worktree: only Git's `.git` file,
                       which a mount of the experiment links to
+    worktree-index/   Git index files already built for a base snapshot,
+                      copied into each new experiment's worktree
 
 Named databases in the shared index. Keys are bytes; LMDB keys are at most
 511 bytes, so anything keyed by a path or a name uses a digest of it.
