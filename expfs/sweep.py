@@ -270,11 +270,13 @@ class Runner:
             self.rows[name] = Row()
         from expfs.fuse.launcher import Launcher
 
-        self.launcher = Launcher(self.store.root)
+        if self.launcher is None:
+            self.launcher = Launcher(self.store.root)
         try:
             return self._run_all(names)
         finally:
             self.launcher.close()
+            self.launcher = None
 
     def _run_all(self, names: Sequence[str]) -> list[Experiment]:
         assert self.stop_event is not None
@@ -513,15 +515,25 @@ def run_experiments(
     echo: TextIO | None = sys.stdout,
 ) -> list[Experiment]:
     """Create the experiments of a sweep and run them (or only queue them)."""
+    from expfs.fuse.launcher import Launcher
+
     repo = repo_root(store)
-    base = snapshot_base(store, repo)
-    plans = plan_sweep(store, overrides, name, base)
-    created = create_planned(store, plans, base, STATUS_QUEUED)
-    if queue:
-        return created
     runner = Runner(
         store, jobs=jobs, keep_mounted=keep_mounted, echo=echo, no_remote=no_remote
     )
+    if not queue:
+        # The launcher imports the daemon while the base is snapshotted.
+        runner.launcher = Launcher(store.root)
+    try:
+        base = snapshot_base(store, repo)
+        plans = plan_sweep(store, overrides, name, base)
+        created = create_planned(store, plans, base, STATUS_QUEUED)
+    except BaseException:
+        if runner.launcher is not None:
+            runner.launcher.close()
+        raise
+    if queue:
+        return created
     return runner.run_all([e.name for e in created])
 
 
