@@ -1,4 +1,7 @@
-"""Experiment commands: exp new, exp list, exp remove."""
+"""Experiment commands: exp new, exp list, exp remove.
+
+Other modules add theirs to the `exp` group through `register_exp` hooks.
+"""
 
 from __future__ import annotations
 
@@ -27,14 +30,27 @@ def register(sub: Any) -> None:
     p.set_defaults(handler=cmd_list)
 
     p = exp_sub.add_parser(
-        "remove", help="remove an experiment (it must not be mounted)"
+        "remove",
+        help="remove experiments (mounted ones are kept)",
+        description="Remove experiments: their records, workspaces and Git "
+        "worktrees. Mounted experiments are not removed; they are listed, and "
+        "the command exits with status 1. `expfs gc` frees their objects.",
     )
-    p.add_argument("name", help="experiment name")
+    p.add_argument("names", nargs="*", metavar="NAME", help="experiment names")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument(
+        "--all-failed", action="store_true", help="remove every failed experiment"
+    )
+    which.add_argument("--all", action="store_true", help="remove every experiment")
     p.set_defaults(handler=cmd_remove)
 
     from expfs_cli import run_cmds
 
     run_cmds.register_exp(exp_sub)
+
+    from expfs_cli import promote_cmds
+
+    promote_cmds.register_exp(exp_sub)
 
     from expfs_cli import report_cmds
 
@@ -78,13 +94,46 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+FAILED_STATUS = "failed"
+
+
 def cmd_remove(args: argparse.Namespace) -> int:
-    from expfs.experiments import remove_experiment
+    from expfs.errors import UsageError
+    from expfs.experiments import (
+        ExperimentBusy,
+        get_experiment,
+        list_experiments,
+        remove_experiment,
+    )
+    from expfs.fuse.control import mount_status
     from expfs.store.repo import store_for
 
     store = store_for(".")
-    remove_experiment(store, args.name)
-    print(f"removed experiment {args.name}")
+    if args.names and (args.all or args.all_failed):
+        raise UsageError("give experiment names or --all/--all-failed, not both")
+    if args.all or args.all_failed:
+        chosen = [
+            e.name
+            for e in list_experiments(store)
+            if args.all or e.status == FAILED_STATUS
+        ]
+    elif args.names:
+        chosen = [get_experiment(store, name).name for name in args.names]
+    else:
+        raise UsageError("give experiment names, --all-failed or --all")
+    busy: list[str] = []
+    for name in dict.fromkeys(chosen):
+        mount = mount_status(store, name)
+        if mount.state == "mounted":
+            busy.append(f"{name} (mounted at {mount.mountpoint})")
+            continue
+        remove_experiment(store, name)
+        print(f"removed experiment {name}")
+    if busy:
+        raise ExperimentBusy(
+            f"not removed, because they are mounted: {', '.join(busy)}; run "
+            "`expfs umount NAME` first"
+        )
     return 0
 
 

@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "expfs_cli.exp_cmds",
     "expfs_cli.mount_cmds",
     "expfs_cli.stage_cmds",
+    "expfs_cli.promote_cmds",
     "expfs_cli.remote_cmds",
     "expfs_cli.run_cmds",
 )
