@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import ctypes
 import errno
 import functools
 import json
@@ -43,6 +44,26 @@ READ_AHEAD_KB = 1024
 # Time a `stop` reply gets to reach its client after the unmount ends the
 # FUSE session, before the daemon cancels everything and exits.
 STOP_REPLY_GRACE_S = 5.0
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def syncfs(path: str) -> None:
+    """Flush the filesystem holding `path` (syncfs(2)), releasing the GIL.
+
+    pyfuse3.syncfs (3.5) keeps the GIL during the call, so the event loop
+    thread could not answer the writeback requests that syncfs waits for,
+    and a snapshot taken while a tool wrote into the mount hung. A ctypes
+    call releases the GIL.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if _libc.syncfs(fd) != 0:
+            code = ctypes.get_errno()
+            raise OSError(code, os.strerror(code), path)
+    finally:
+        os.close(fd)
 
 
 class ReadyPipe:
@@ -180,7 +201,7 @@ class Daemon:
 
     async def _flush(self) -> None:
         try:
-            await trio.to_thread.run_sync(pyfuse3.syncfs, self.mountpoint)
+            await trio.to_thread.run_sync(syncfs, self.mountpoint)
         except OSError as exc:
             log.warning("syncfs of %s failed: %s", self.mountpoint, exc)
 
