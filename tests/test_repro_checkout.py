@@ -261,3 +261,21 @@ def test_no_remote_flag_pushes_nothing(
     set_params(repo, 5, 0.4)
     subprocess.run([*cli, "repro"], cwd=repo, check=True, capture_output=True)
     assert any(remote.rglob("*"))
+
+
+def test_lock_marks_uncached_metrics(store: Store, repo: Path) -> None:
+    write_pipeline(repo)
+    repro(store, repo)
+    import yaml
+
+    lock = yaml.safe_load((repo / "expfs.lock").read_text())
+    outs = {o["path"]: o for o in lock["stages"]["evaluate"]["outs"]}
+    assert outs["metrics.json"]["cache"] is False
+    model = {o["path"]: o for o in lock["stages"]["train"]["outs"]}["model.txt"]
+    assert "cache" not in model
+    set_params(repo, 5, 0.2)
+    repro(store, repo)
+    set_params(repo, 5, 0.1)
+    outcomes = repro(store, repo)
+    assert outcomes["evaluate"].action == "restored"
+    assert '"score": 0.5' in (repo / "metrics.json").read_text()

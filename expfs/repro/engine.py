@@ -10,6 +10,7 @@ whose dependencies did not change while they ran are recorded.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import logging
 import os
@@ -457,7 +458,9 @@ class Repro:
                     f"stage '{stage.name}' did not create its output '{out.path}': "
                     "fix the command or the outs list"
                 )
-            outputs.append(record)
+            # Metrics and plots with `cache: false` are kept so that a restore
+            # brings them back, but the lock file still says they are uncached.
+            outputs.append(dataclasses.replace(record, cache=out.cache))
         return outputs
 
     def _uncached(self, path: str) -> OutputRecord | None:
