@@ -720,27 +720,19 @@ def findings(record: dict[str, Any]) -> list[str]:
         )
     if sweep >= TARGET_SWEEP_S:
         lines.append(
-            f"The sweep misses its {TARGET_SWEEP_S:.0f} s target: each of its "
-            f"{SWEEP_SIZE} experiments starts a new daemon process, which takes "
-            f"{fmt(record['sweep_steps']['mount'])} on average, so daemon starts "
-            f"alone fill about {fmt(SWEEP_SIZE * record['sweep_steps']['mount'] / SWEEP_JOBS)}"
+            f"The sweep misses its {TARGET_SWEEP_S:.0f} s target: its daemons are "
+            "forked from one launcher that imported trio and pyfuse3 once, and "
+            f"each of its {SWEEP_SIZE} mounts still takes "
+            f"{fmt(record['sweep_steps']['mount'])} on average until it answers, "
+            f"about {fmt(SWEEP_SIZE * record['sweep_steps']['mount'] / SWEEP_JOBS)}"
             f" of the sweep with {SWEEP_JOBS} jobs."
-        )
-    if steps["other"]["median"] > 0.05:
-        lines.append(
-            f"The rest ({fmt(steps['other']['median'])}) includes the sweep "
-            "runner's loop, which sleeps 0.2 s between checks of whether its "
-            "experiments have finished, so the CLI returns 0 to 0.2 s after the "
-            "last one; waiting on the futures with that timeout would return at once."
         )
     if lines:
         lines.append(
-            "What would fix it: start the mount daemon from a process that has "
-            "already imported trio, pyfuse3 and the expfs modules, either one "
-            "pre-started daemon per sweep that forks a child per mount or serves "
-            "several mounts, or start the next experiment's daemon while the "
-            "previous one runs. Either saves about the spawn time above per "
-            "experiment."
+            "What would help next: a launcher kept running between commands (so "
+            "a single `exp run` also skips the daemon's imports), a CLI that "
+            "imports less before it starts the launcher, and one daemon serving "
+            "several mounts of a sweep."
         )
     return lines
 
