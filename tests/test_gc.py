@@ -10,10 +10,10 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import git
 from test_gitio import EXPFS, STAGES, TRAIN, blob_of, expfs, unmount_all
 
 from expfs.store import EMPTY_TREE_DIGEST, Store
+from tests.conftest import git
 
 pytestmark = pytest.mark.fuse
 

@@ -11,7 +11,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import git
+
+from tests.conftest import git
 
 pytestmark = pytest.mark.fuse
 
