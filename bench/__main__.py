@@ -15,6 +15,7 @@ from pathlib import Path
 BENCH_DIR = Path(__file__).resolve().parent
 PROJECT = BENCH_DIR.parent
 OTHER_SCRIPTS = ("bench_store.py", "bench_fs.py", "bench_show.py", "bench_exp.py")
+OTHER_SCRIPTS += ("bench_cluster.py",)
 
 
 def supports_quick(script: Path) -> bool:
