@@ -16,6 +16,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 PROJECT = BENCH_DIR.parent
 OTHER_SCRIPTS = ("bench_store.py", "bench_fs.py", "bench_show.py", "bench_exp.py")
 OTHER_SCRIPTS += ("bench_cluster.py",)
+OTHER_SCRIPTS += ("bench_remote.py",)
 
 
 def supports_quick(script: Path) -> bool:
