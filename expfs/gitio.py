@@ -267,6 +267,10 @@ def check_new_branch(repo: str, branch: str, tag: str | None) -> None:
         )
 
 
+# Statuses whose workspace holds no finished run: promoting them needs --current.
+UNFINISHED = ("failed", "stopped", "queued", "running")
+
+
 def promote(
     store: Store,
     name: str,
@@ -279,6 +283,13 @@ def promote(
 ) -> PromoteResult:
     """Commit experiment `name` on a new branch `branch` from its base commit."""
     experiment = get_experiment(store, name)
+    if experiment.status in UNFINISHED and not current:
+        raise UsageError(
+            f"experiment {name!r} is {experiment.status}"
+            + (f" ({experiment.error})" if experiment.error else "")
+            + ": promote a successful experiment, or pass --current to commit "
+            "its workspace as it is"
+        )
     repo = repo_root(store)
     check_new_branch(repo, branch, tag)
     if worktree is not None and os.path.lexists(worktree):

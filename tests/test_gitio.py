@@ -326,3 +326,17 @@ def test_exp_remove_all_failed_and_all(project: Path) -> None:
     assert out.splitlines() == ["removed experiment e1", "removed experiment ok"]
     unknown = expfs(project, "exp", "remove", "nope", check=False)
     assert "no experiment named 'nope'" in unknown.stderr
+
+
+def test_promote_failed_experiment_rejected(project: Path) -> None:
+    from expfs.experiments import update_experiment
+    from expfs.store.repo import store_for
+
+    update_experiment(store_for(str(project)), "e1", status="failed", error="boom")
+    proc = expfs(project, "exp", "promote", "e1", "--branch", "exp/f", check=False)
+    assert proc.returncode == 2
+    assert "experiment 'e1' is failed (boom)" in proc.stderr
+    assert "--current" in proc.stderr
+    assert git(project, "branch", "--list", "exp/f") == ""
+    expfs(project, "exp", "promote", "e1", "--branch", "exp/f", "--current")
+    assert git(project, "branch", "--list", "exp/f").strip() == "exp/f"
