@@ -50,6 +50,13 @@ def register_exp(exp_sub: Any) -> None:
         help="neither look up nor push runs on the default remote",
     )
     p.add_argument(
+        "--max-experiments",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="reject a sweep of more than N experiments (default 1000)",
+    )
+    p.add_argument(
         "--keep-mounted",
         action="store_true",
         help="leave each workspace mounted afterwards",
@@ -141,6 +148,7 @@ def cmd_exp_run(args: argparse.Namespace) -> int:
             queue=args.queue,
             keep_mounted=args.keep_mounted,
             no_remote=args.no_remote,
+            max_experiments=args.max_experiments,
         )
     except KeyboardInterrupt:
         print("expfs: interrupted: running experiments were stopped", file=sys.stderr)

@@ -54,6 +54,8 @@ STATUS_FAILED = "failed"
 STATUS_STOPPED = "stopped"
 # How often a running experiment checks for a stop request, in seconds.
 STOP_POLL_S = 0.2
+# A sweep larger than this is more likely a typo in a range than a plan.
+MAX_EXPERIMENTS = 1000
 # How long a sweep retries unmounting a workspace that is still busy.
 UNMOUNT_RETRY_S = 10.0
 
@@ -82,13 +84,25 @@ def override_text(override: Any) -> str:
 
 
 def plan_sweep(
-    store: Store, texts: Sequence[str], name: str | None, base: Digest
+    store: Store,
+    texts: Sequence[str],
+    name: str | None,
+    base: Digest,
+    max_experiments: int = MAX_EXPERIMENTS,
 ) -> list[Plan]:
     """Expand `-S` arguments into one plan per combination, with unique names."""
     from expfs.pipeline.overrides import expand_sweeps, parse_override
 
     parsed = [parse_override(t) for t in texts]
+    for text in texts:
+        _reject_empty_values(text)
     combinations = expand_sweeps(parsed)
+    if len(combinations) > max_experiments:
+        raise UsageError(
+            f"the -S values make {len(combinations)} experiments, more than "
+            f"--max-experiments {max_experiments}: narrow the lists or ranges, or "
+            "raise --max-experiments"
+        )
     taken = {e.name for e in list_experiments(store)}
     plans: list[Plan] = []
     for index, combination in enumerate(combinations):
@@ -106,6 +120,42 @@ def plan_sweep(
         taken.add(chosen)
         plans.append(Plan(chosen, overrides))
     return plans
+
+
+def _reject_empty_values(text: str) -> None:
+    """Reject `key=` and empty items of a comma list, which are likely typos."""
+    key, has_value, raw = text.partition("=")
+    if not has_value or key.lstrip().startswith("~"):
+        return
+    items = raw.split(",") if not raw.strip().startswith(("[", "{", "(")) else [raw]
+    if any(not item.strip() for item in items):
+        raise UsageError(
+            f"override {text!r} has an empty value: give one, or write '' for an "
+            "empty string"
+        )
+
+
+def check_plans(repo: str, plans: Sequence[Plan]) -> None:
+    """Check the stage file and every plan's overrides against the working tree.
+
+    Runs before any experiment is created, so a malformed dvc.yaml or an
+    unknown param key is one error, with nothing stored.
+    """
+    import tempfile
+
+    from expfs.pipeline import load_pipeline
+    from expfs.pipeline.overrides import apply_overrides, parse_override
+
+    stage_file = Path(repo, "dvc.yaml")
+    if stage_file.exists():
+        load_pipeline(stage_file, repo)
+    seen: set[tuple[str, ...]] = set()
+    with tempfile.TemporaryDirectory(prefix="expfs-check-") as scratch:
+        for plan in plans:
+            if plan.overrides in seen:
+                continue
+            seen.add(plan.overrides)
+            apply_overrides([parse_override(t) for t in plan.overrides], repo, scratch)
 
 
 def _generated_name(base: str, overrides: tuple[str, ...], taken: set[str]) -> str:
@@ -512,9 +562,11 @@ def run_experiments(
     queue: bool = False,
     keep_mounted: bool = False,
     no_remote: bool = False,
+    max_experiments: int = 0,
     echo: TextIO | None = sys.stdout,
 ) -> list[Experiment]:
     """Create the experiments of a sweep and run them (or only queue them)."""
+    max_experiments = max_experiments or MAX_EXPERIMENTS
     from expfs.fuse.launcher import Launcher
 
     repo = repo_root(store)
@@ -526,7 +578,8 @@ def run_experiments(
         runner.launcher = Launcher(store.root)
     try:
         base = snapshot_base(store, repo)
-        plans = plan_sweep(store, overrides, name, base)
+        plans = plan_sweep(store, overrides, name, base, max_experiments)
+        check_plans(repo, plans)
         created = create_planned(store, plans, base, STATUS_QUEUED)
     except BaseException:
         if runner.launcher is not None:

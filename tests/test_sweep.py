@@ -237,10 +237,32 @@ def test_invalid_name_rejected(project: Path) -> None:
     assert show(project) == {}
 
 
-def test_unknown_param_rejected_before_anything_runs(project: Path) -> None:
-    proc = run(project, "exp", "run", "-S", "nosuch=1", check=False)
-    assert proc.returncode != 0
-    assert "nosuch" in proc.stdout + proc.stderr
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("nosuch=1", "param 'nosuch' not found in 'params.yaml'"),
+        ("nofile.yaml:lr=1", "params file 'nofile.yaml' not found"),
+        ("lr=", "has an empty value"),
+        ("lr=0.1,,0.2", "has an empty value"),
+        ("lr=range(0,5000)", "more than --max-experiments 1000"),
+    ],
+)
+def test_bad_override_creates_nothing(
+    project: Path, override: str, message: str
+) -> None:
+    proc = run(project, "exp", "run", "-S", override, check=False)
+    assert proc.returncode == 2
+    assert message in proc.stderr
+    assert "started" not in proc.stdout
+    assert show(project) == {}
+
+
+def test_malformed_stage_file_creates_nothing(project: Path) -> None:
+    (project / "dvc.yaml").write_text("stages:\n  train:\n    cmd: x\n   deps: [y]\n")
+    proc = run(project, "exp", "run", "-S", "lr=0.3", check=False)
+    assert proc.returncode == 2
+    assert "dvc.yaml" in proc.stderr
+    assert show(project) == {}
 
 
 def test_interrupt_stops_whole_sweep(project: Path, tmp_path: Path) -> None:
