@@ -104,12 +104,25 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _resolve_tree(store: Any, digest: str) -> str:
+    """Expand `digest` and check that it names a tree, not a file's blob."""
+    from expfs.errors import UsageError
+
+    found = store.resolve(digest)
+    if not store.has_tree(found):
+        raise UsageError(
+            f"{found} is a file, not a snapshot of a folder: use `expfs cat "
+            f"{found[:12]}` to print it, or give the digest of a tree"
+        )
+    return str(found)
+
+
 def _subtree(store: Any, digest: str, path: str) -> tuple[str, Any]:
     """Return (digest, entry or None) of `path` inside snapshot `digest`."""
     from expfs.errors import UsageError
     from expfs.store.trees import Kind, find_entry
 
-    current = store.resolve(digest)
+    current = _resolve_tree(store, digest)
     entry = None
     for part in [p for p in os.fsencode(path).split(b"/") if p]:
         if entry is not None and entry.kind is not Kind.DIRECTORY:
@@ -175,7 +188,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
     from expfs.tree.diff import diff_trees
 
     store = store_for(".")
-    old, new = store.resolve(args.old), store.resolve(args.new)
+    old, new = _resolve_tree(store, args.old), _resolve_tree(store, args.new)
     for change in diff_trees(store, old, new):
         sys.stdout.write(f"{change.status.value} {os.fsdecode(change.path)}\n")
     return 0

@@ -11,6 +11,7 @@ from pathlib import Path
 import blake3
 import pytest
 
+from expfs.store import Store
 from expfs.store.lmdbenv import close_environment
 from expfs_cli.main import main
 from tests.conftest import git
@@ -264,3 +265,18 @@ def test_cli_imports_no_heavy_modules(initialized: Path, args: list[str]) -> Non
         text=True,
     )
     assert proc.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_ls_and_diff_of_file_digest_point_to_cat(repo: Path, store: Store) -> None:
+    (repo / "note.txt").write_text("hello\n")
+    blob = store.put_file(str(repo / "note.txt"))
+    for args in (["ls", blob], ["diff", blob, blob]):
+        proc = subprocess.run(
+            [sys.executable, "-m", "expfs", *args],
+            cwd=repo,
+            capture_output=True,
+            text=True,
+        )
+        assert proc.returncode == 2
+        assert "is a file, not a snapshot of a folder" in proc.stderr
+        assert "expfs cat" in proc.stderr
