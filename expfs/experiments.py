@@ -195,17 +195,21 @@ def create_experiment(
         log.warning("removing the orphan workspace %s left without a record", name)
         Workspace.remove(store, name)
     Workspace.create(store, name, base).close()
+    gitdir = None
     try:
         gitdir = add_worktree(
             store, repo, name, commit, from_worktree=from_rev is None, base=base
         )
+        experiment = Experiment(
+            name, base, commit, time.time(), status, gitdir, overrides=overrides
+        )
+        _put(store, experiment)
     except BaseException:
+        # Ctrl-C or an error half-way leaves neither a worktree nor a
+        # workspace that no record names.
+        remove_worktree(store, repo, name, gitdir)
         Workspace.remove(store, name)
         raise
-    experiment = Experiment(
-        name, base, commit, time.time(), status, gitdir, overrides=overrides
-    )
-    _put(store, experiment)
     log.info("created experiment %s on base %s (commit %s)", name, base, commit[:12])
     return experiment
 
@@ -377,7 +381,20 @@ def _stage_working_tree(repo: str, index: str) -> None:
 def remove_worktree(store: Store, repo: str, name: str, gitdir: str | None) -> None:
     """Remove the experiment's Git worktree and its git folder, if present."""
     path = worktree_path(store, name)
+    if not gitdir:
+        gitdir = _gitdir_of(path)
     shutil.rmtree(path, ignore_errors=True)
     if gitdir and os.path.isdir(gitdir):
         shutil.rmtree(gitdir, ignore_errors=True)
     subprocess.run(["git", "-C", repo, "worktree", "prune"], capture_output=True)
+
+
+def _gitdir_of(worktree: str) -> str | None:
+    """Read the git folder a worktree's `.git` file names, if there is one."""
+    try:
+        with open(os.path.join(worktree, ".git")) as f:
+            text = f.read().strip()
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        return None
+    prefix = "gitdir: "
+    return text[len(prefix) :] if text.startswith(prefix) else None

@@ -342,3 +342,28 @@ def test_interrupt_waits_for_slow_children(project: Path, tmp_path: Path) -> Non
         text=True,
     ).stdout.split()
     assert daemons == []
+
+
+def test_interrupted_creation_leaves_no_worktree(project: Path) -> None:
+    from expfs.experiments import create_experiment, repo_root
+    from expfs.store.repo import store_for
+
+    store = store_for(str(project))
+
+    def fail_put(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    import expfs.experiments as experiments
+
+    original = experiments._put
+    experiments._put = fail_put  # type: ignore[assignment]
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            create_experiment(store, repo_root(store), "half")
+    finally:
+        experiments._put = original
+    worktrees = subprocess.run(
+        ["git", "-C", str(project), "worktree", "list"], capture_output=True, text=True
+    ).stdout
+    assert "half" not in worktrees
+    assert not (project / ".expfs" / "workspaces" / "half").exists()
