@@ -350,7 +350,7 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     try:
         setup = Setup(work, server, dvc, rclone)
         record: dict[str, Any] = {
-            "machine": machine(work, version_of([str(dvc), "version"]), PROJECT),
+            "machine": machine(work, version_of([str(dvc), "--version"]), PROJECT),
             "sets": {},
         }
         record["rclone"] = (
@@ -466,9 +466,11 @@ def table_rows(record: dict[str, Any]) -> list[str]:
 def runs_text(reps: int) -> str:
     if reps >= 3:
         return f"medians of {reps} runs, (min–max) beside them."
+    if reps == 2:
+        return "a reduced run: medians of 2 runs at full sizes, (min–max) beside them."
     return (
-        f"a reduced run of {reps} rep(s) at full sizes, so each figure is one "
-        "measurement (or a median of two) with no spread to judge noise by."
+        "a reduced run: one rep at full sizes, so each figure is a single "
+        "measurement with no spread to judge noise by."
     )
 
 
