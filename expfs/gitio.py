@@ -267,7 +267,7 @@ def check_new_branch(repo: str, branch: str, tag: str | None) -> None:
         )
 
 
-# Statuses whose workspace holds no finished run: promoting them needs --current.
+# Statuses of experiments without a finished run, which need --current to promote.
 UNFINISHED = ("failed", "stopped", "queued", "running")
 
 

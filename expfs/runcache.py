@@ -45,7 +45,7 @@ class OutputRecord:
 
 @dataclass
 class RunRecord:
-    """What one successful stage run produced."""
+    """The outputs, metrics and timing of one successful stage run."""
 
     key: Digest
     stage: str

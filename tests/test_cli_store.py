@@ -267,7 +267,7 @@ def test_cli_imports_no_heavy_modules(initialized: Path, args: list[str]) -> Non
     assert proc.stdout.strip().splitlines()[-1] == "[]"
 
 
-def test_ls_and_diff_of_file_digest_point_to_cat(repo: Path, store: Store) -> None:
+def test_ls_diff_reject_file_digest(repo: Path, store: Store) -> None:
     (repo / "note.txt").write_text("hello\n")
     blob = store.put_file(str(repo / "note.txt"))
     for args in (["ls", blob], ["diff", blob, blob]):

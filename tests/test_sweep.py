@@ -265,11 +265,12 @@ def test_malformed_stage_file_creates_nothing(project: Path) -> None:
     assert show(project) == {}
 
 
-def test_interrupt_stops_whole_sweep(project: Path, tmp_path: Path) -> None:
-    counter = tmp_path / "counter.txt"
-    env = {**os.environ, "SWEEP_SLEEP": "60", "SWEEP_COUNTER": str(counter)}
+def interrupt_sweep(
+    project: Path, counter: Path, args: list[str], env: dict[str, str]
+) -> None:
+    """Start `exp run ARGS`, wait until two stages log to `counter`, then send SIGINT."""
     runner = subprocess.Popen(
-        [*EXPFS, "exp", "run", "-S", "depth=11,12,13", "-j", "2"],
+        [*EXPFS, "exp", "run", *args],
         cwd=project,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -289,6 +290,12 @@ def test_interrupt_stops_whole_sweep(project: Path, tmp_path: Path) -> None:
         if runner.poll() is None:
             os.killpg(runner.pid, signal.SIGKILL)
             runner.wait()
+
+
+def test_interrupt_stops_whole_sweep(project: Path, tmp_path: Path) -> None:
+    counter = tmp_path / "counter.txt"
+    env = {**os.environ, "SWEEP_SLEEP": "60", "SWEEP_COUNTER": str(counter)}
+    interrupt_sweep(project, counter, ["-S", "depth=11,12,13", "-j", "2"], env)
     statuses = sorted(e.status for e in show(project).values())
     assert statuses == ["stopped", "stopped", "stopped"]
     assert json.loads(run(project, "runs", "--json").stdout) == []
@@ -313,27 +320,7 @@ def test_interrupt_waits_for_slow_children(project: Path, tmp_path: Path) -> Non
     (project / "dvc.yaml").write_text(SLOW_CHILD_STAGE)
     counter = tmp_path / "counter.txt"
     env = {**os.environ, "SWEEP_COUNTER": str(counter)}
-    runner = subprocess.Popen(
-        [*EXPFS, "exp", "run", "-S", "lr=0.1,0.2", "-j", "2"],
-        cwd=project,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if counter.exists() and len(counter.read_text().splitlines()) == 2:
-                break
-            time.sleep(0.1)
-        assert len(counter.read_text().splitlines()) == 2, "two stages never started"
-        runner.send_signal(signal.SIGINT)
-        assert runner.wait(timeout=60) == 130
-    finally:
-        if runner.poll() is None:
-            os.killpg(runner.pid, signal.SIGKILL)
-            runner.wait()
+    interrupt_sweep(project, counter, ["-S", "lr=0.1,0.2", "-j", "2"], env)
     assert {e.status for e in show(project).values()} == {"stopped"}
     assert mounted_below(project) == []
     daemons = subprocess.run(

@@ -60,9 +60,9 @@ def socket_path(store_root: str, name: str) -> str:
     """Return the control socket of experiment `name`'s daemon.
 
     It lives in the store's `run/` folder unless that path is too long for
-    a Unix socket (a deep repository, a long name); then it lives in a
-    private folder under the system's temporary folder, named by a digest
-    of the long path, so the daemon and its clients agree on it.
+    a Unix socket, as in a deep repository or with a long name. Then it
+    lives in a private folder under the system's temporary folder, named by
+    a digest of the long path, so the daemon and its clients agree on it.
     """
     path = os.path.join(store_root, layout.RUN_DIR, f"{name}.sock")
     if len(os.fsencode(path)) <= MAX_SOCKET_PATH_BYTES:

@@ -53,7 +53,7 @@ def syncfs(path: str) -> None:
     """Flush the filesystem holding `path` (syncfs(2)), releasing the GIL.
 
     pyfuse3.syncfs (3.5) keeps the GIL during the call, so the event loop
-    thread could not answer the writeback requests that syncfs waits for,
+    thread could not serve the writeback requests that syncfs waits for,
     and a snapshot taken while a tool wrote into the mount hung. A ctypes
     call releases the GIL.
     """

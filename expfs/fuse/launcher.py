@@ -129,7 +129,7 @@ def _is_zombie(pid: int) -> bool:
 
 
 def serve(fd: int) -> None:
-    """Answer fork requests on socket `fd` until it closes."""
+    """Serve fork requests on socket `fd` until it closes."""
     import expfs.fuse.daemon  # noqa: F401  (the imports every child reuses)
 
     sock = socket.socket(fileno=fd)

@@ -130,7 +130,7 @@ class Options:
 
 @dataclass
 class Outcome:
-    """What happened to one stage: ran, restored, skipped, failed or would-*."""
+    """The outcome of one stage: ran, restored, skipped, failed or would-*."""
 
     stage: str
     action: str
@@ -458,8 +458,8 @@ class Repro:
                     f"stage '{stage.name}' did not create its output '{out.path}': "
                     "fix the command or the outs list"
                 )
-            # Metrics and plots with `cache: false` are kept so that a restore
-            # brings them back, but the lock file still says they are uncached.
+            # Metrics and plots with `cache: false` are stored so that a restore
+            # brings them back, but the lock file still marks them uncached.
             outputs.append(dataclasses.replace(record, cache=out.cache))
         return outputs
 
