@@ -224,6 +224,11 @@ def cmd_fsck(args: argparse.Namespace) -> int:
         print(problem)
     if report.reindexed:
         print(f"re-indexed {report.reindexed} blob files that had no index entry")
+    if report.lazy_blobs:
+        print(
+            f"{report.lazy_blobs} blobs restored lazily are still only on a remote "
+            "(fetched when a mounted file is opened, or by a checkout)"
+        )
     print(
         f"checked {report.blobs_checked} blobs ({report.bytes_checked} bytes) and "
         f"{report.trees_checked} trees: {len(report.problems)} problems"

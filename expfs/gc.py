@@ -5,7 +5,8 @@ Roots, each kept with everything below it:
 - each experiment's base and result snapshots;
 - each workspace's inode table: its base tree and every digest an inode
   record names (a clean file's blob, a directory's base tree, a grafted
-  blob or tree). Upper files belong to the workspace and are not objects;
+  blob or tree, restored lazily or not). Upper files belong to the
+  workspace and are not objects;
 - the outputs of every run-cache entry;
 - the outputs and dependencies named by every `expfs.lock` in any ref
   (`git for-each-ref`: branches, tags, remote branches, the stash), in HEAD
@@ -29,6 +30,11 @@ not written yet) loses nothing as long as it finishes within the grace
 period. The roots are read a second time after marking, and what they
 reach is kept too, so a record written while gc was marking counts.
 
+Marks of lazy restores (see `expfs.store.lazy`) go with their objects: a
+removed tree's mark is removed with it, and a blob's mark once the blob is
+fetched or, past the grace period, when nothing reaches it. A mark only
+says where blobs are; gc never fetches.
+
 NOTE: a writer that finds an old, unreachable object already present (so
 it does not write it again) and records a reference to it after gc's second
 look can still lose it. Closing that gap needs the store's put paths to
@@ -50,8 +56,9 @@ import yaml
 
 from expfs.errors import ExpfsError
 from expfs.store import layout
+from expfs.store.lazy import clear_marks, iter_marks
 from expfs.store.objects import Store
-from expfs.store.trees import Digest, TreeFormatError, decode_tree, raw
+from expfs.store.trees import Digest, Kind, TreeFormatError, decode_tree, raw
 
 log = logging.getLogger(__name__)
 
@@ -359,11 +366,13 @@ def gc(
         report.blobs_removed += 1
         report.blob_bytes_removed += size
         report.removed.append(("blob", digest, size))
+    doomed_marks = _doomed_marks(store, second | keep, set(doomed_trees), now, grace_s)
     if dry_run:
         return report
 
     _delete_trees(store, doomed_trees)
     _delete_blobs(store, doomed_blobs)
+    clear_marks(store, doomed_marks)
     for digest in doomed_trees:
         seen.pop(digest, None)
     write_trees_seen(store, seen)
@@ -374,6 +383,23 @@ def gc(
         report.trees_removed,
     )
     return report
+
+
+def _doomed_marks(
+    store: Store, kept: set[str], doomed_trees: set[Digest], now: float, grace_s: float
+) -> list[Digest]:
+    """Return the lazy marks to drop: those of removed trees, fetched blobs,
+    and blobs nothing reaches once the grace period has passed."""
+    doomed: list[Digest] = []
+    for digest, mark in iter_marks(store):
+        if mark.kind is Kind.DIRECTORY:
+            if digest in doomed_trees or not store.has_tree(digest):
+                doomed.append(digest)
+        elif store.has_blob(digest):
+            doomed.append(digest)
+        elif digest not in kept and now - mark.marked_at >= grace_s:
+            doomed.append(digest)
+    return doomed
 
 
 def _delete_trees(store: Store, digests: list[Digest]) -> None:

@@ -40,6 +40,7 @@ from expfs.errors import ExpfsError, MissingObject, StoreNotFound, UsageError
 from expfs.experiments import Experiment, get_experiment, repo_root
 from expfs.repro.lockfile import LOCK_NAME, LockedStage
 from expfs.runcache import OutputRecord
+from expfs.store.lazy import ensure_local, is_available
 from expfs.store.objects import Store
 from expfs.store.trees import Digest, Entry, Kind
 from expfs.tree.diff import Change, Status, diff_trees
@@ -148,8 +149,15 @@ def experiment_snapshot(store: Store, experiment: Experiment, current: bool) -> 
 
     The current state is used when `current` is set or the experiment never
     ran. A mounted workspace is snapshotted by its daemon, which flushes the
-    kernel's caches first.
+    kernel's caches first. Every caller writes the snapshot out, so blobs
+    that a lazy restore left on a remote are fetched before it returns.
     """
+    snapshot = _snapshot_of(store, experiment, current)
+    ensure_local(store, Kind.DIRECTORY, snapshot)
+    return snapshot
+
+
+def _snapshot_of(store: Store, experiment: Experiment, current: bool) -> Digest:
     if experiment.result and not current:
         if not store.has_tree(experiment.result):
             raise MissingObject(experiment.result, f"experiment {experiment.name!r}")
@@ -817,11 +825,7 @@ def _restore_output(
     store: Store, writer: Materializer, worktree: str, out: OutputRecord
 ) -> None:
     kind = Kind(out.kind)
-    if kind is Kind.DIRECTORY:
-        present = store.has_tree(out.digest)
-    else:
-        present = store.has_blob(out.digest)
-    if not present:
+    if not is_available(store, kind, out.digest):
         raise MissingObject(out.digest, f"output {out.path}")
     target = os.path.join(os.fsencode(worktree), os.fsencode(out.path))
     _remove_path(target)

@@ -1,11 +1,15 @@
 """The run-cache: run key -> the outputs, metrics and timing of a successful run.
 
 Only successful runs are recorded. A lookup is a hit only when every
-recorded output object is present: a blob file, or a tree in the index
-(trees are stored only after everything they reference, and gc never keeps
-a tree while freeing what it references, so a present tree is complete).
-That is one check per output, never one per file. A hit whose objects are
-gone is reported as a miss; the next successful run rewrites the entry.
+recorded output object is complete: a blob file, or a tree in the index
+without a lazy mark (such trees are stored only after everything they
+reference, and gc never keeps a tree while freeing what it references).
+With `lazy_ok`, an output restored lazily from a remote counts too (a
+lazy tree, or a marked blob; see `expfs.store.lazy`): repro accepts it,
+since a mount fetches blobs when files are opened and a checkout fetches
+them before it materializes. That is one check per output, never one per
+file. A hit whose objects are gone is reported as a miss; the next
+successful run rewrites the entry.
 
 Entries live in the `runs` database of the shared index, keyed by the 32 raw
 bytes of the run key, valued by JSON (see `RunRecord`).
@@ -20,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from expfs.store import layout
+from expfs.store.lazy import is_available, is_complete
 from expfs.store.objects import Store
 from expfs.store.trees import Digest, Kind, raw
 
@@ -70,10 +75,10 @@ class RunRecord:
         return cls(**known)
 
 
-def _present(store: Store, out: OutputRecord) -> bool:
-    if out.kind == Kind.DIRECTORY:
-        return store.has_tree(out.digest)
-    return store.has_blob(out.digest)
+def _present(store: Store, out: OutputRecord, lazy_ok: bool) -> bool:
+    if lazy_ok:
+        return is_available(store, Kind(out.kind), out.digest)
+    return is_complete(store, Kind(out.kind), out.digest)
 
 
 class RunCache:
@@ -88,16 +93,23 @@ class RunCache:
         data = self.env.get(layout.DB_RUNS, raw(key))
         return None if data is None else RunRecord.from_json(data)
 
-    def lookup(self, key: str, stage: str) -> RunRecord | None:
-        """Return the record of `key` when every object it needs is present."""
+    def lookup(
+        self, key: str, stage: str, *, lazy_ok: bool = False
+    ) -> RunRecord | None:
+        """Return the record of `key` when every object it needs is present.
+
+        With `lazy_ok`, objects restored lazily from a remote count as present.
+        """
         record = self.get(key)
         if record is None:
             decisions.info("miss %s %s: no run with this key", stage, key[:12])
             return None
-        missing = [o.path for o in record.outputs if not _present(self.store, o)]
+        missing = [
+            o.path for o in record.outputs if not _present(self.store, o, lazy_ok)
+        ]
         if missing:
             decisions.info(
-                "incomplete %s %s: objects of %s are gone; running instead",
+                "incomplete %s %s: objects of %s are not in the store; running instead",
                 stage,
                 key[:12],
                 ", ".join(missing),

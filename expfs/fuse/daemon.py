@@ -119,8 +119,12 @@ class Daemon:
             raise control.ControlError(
                 f"mount point {self.mountpoint} is not a folder: create it first"
             )
+        from expfs.remote.lazy import RemoteBlobSource
+
         self.workspace = Workspace.open(self.store, self.name)
-        self.ops = with_gitlink(WorkspaceOperations)(self.workspace)
+        self.ops = with_gitlink(WorkspaceOperations)(
+            self.workspace, RemoteBlobSource(self.store)
+        )
         self.ops.set_gitlink(experiment.gitdir)
         options = set(pyfuse3.default_options)
         options |= {"fsname=expfs", "subtype=expfs", "auto_unmount"}

@@ -22,8 +22,8 @@ import itertools
 import logging
 import os
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
 
 import pyfuse3
 import trio
@@ -98,6 +98,20 @@ def operation(handler: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+class BlobSource(Protocol):
+    """Downloads a blob into the store, verified; blocking, run in a worker thread."""
+
+    def fetch(self, digest: str) -> None: ...
+
+
+@dataclass
+class _Fetch:
+    """One download in flight, which later opens of the same blob wait for."""
+
+    done: trio.Event = field(default_factory=trio.Event)
+    failed: bool = False
+
+
 @dataclass
 class DirectoryHandle:
     """An open directory and the (cookie, name) listing of its last rewind."""
@@ -111,13 +125,19 @@ class WorkspaceOperations(pyfuse3.Operations):
 
     enable_writeback_cache = True
 
-    def __init__(self, workspace: Workspace) -> None:
+    def __init__(
+        self, workspace: Workspace, blob_source: BlobSource | None = None
+    ) -> None:
         super().__init__()
         self.workspace = workspace
         workspace.writeback_cache = self.enable_writeback_cache
+        # Fetches blobs that a lazy restore left on a remote; without one,
+        # opening such a file fails with EIO.
+        self.blob_source = blob_source
         self._directories: dict[int, DirectoryHandle] = {}
         self._next_dir_fh = itertools.count(1)
         self._copy_locks: dict[int, trio.Lock] = {}
+        self._fetches: dict[str, _Fetch] = {}
 
     # -- helpers -------------------------------------------------------------
 
@@ -148,7 +168,51 @@ class WorkspaceOperations(pyfuse3.Operations):
         self.workspace.remember(node)
         return self._attributes(node)
 
+    async def _fetch_lacking_blob(self, ino: int) -> None:
+        """Fetch a lazily restored file's blob from its remote, once per digest.
+
+        The download runs in a worker thread, so other requests keep being
+        served; concurrent opens of files with the same blob wait for one
+        download. A failure is logged with the digest and the remote and
+        becomes EIO, and nothing unverified enters the store.
+        """
+        digest = self.workspace.lacking_blob(ino)
+        if digest is None:
+            return
+        pending = self._fetches.get(digest)
+        if pending is None:
+            pending = _Fetch()
+            self._fetches[digest] = pending
+            try:
+                await self._download(digest, ino, pending)
+            finally:
+                pending.done.set()
+                del self._fetches[digest]
+        else:
+            await pending.done.wait()
+        if pending.failed:
+            raise pyfuse3.FUSEError(errno.EIO)
+
+    async def _download(self, digest: str, ino: int, pending: _Fetch) -> None:
+        source = self.blob_source
+        if source is None:
+            log.error(
+                "open of inode %d: blob %s is not in the store and this mount "
+                "has no remote to fetch it from",
+                ino,
+                digest,
+            )
+            pending.failed = True
+            return
+        log.info("open of inode %d: fetching blob %s", ino, digest)
+        try:
+            await trio.to_thread.run_sync(source.fetch, digest)
+        except Exception as exc:
+            log.error("open of inode %d failed: %s", ino, exc)
+            pending.failed = True
+
     async def _copy_up(self, ino: int) -> None:
+        await self._fetch_lacking_blob(ino)
         lock = self._copy_locks.setdefault(ino, trio.Lock())
         async with lock:
             job = self.workspace.begin_copy_up(ino)
@@ -321,6 +385,9 @@ class WorkspaceOperations(pyfuse3.Operations):
     async def open(
         self, inode: int, flags: int, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.FileInfo:
+        truncating = flags & os.O_TRUNC and flags & os.O_ACCMODE != os.O_RDONLY
+        if not truncating:
+            await self._fetch_lacking_blob(inode)
         fh = self.workspace.open_file(inode, flags)
         # Content changes only through this mount (a graft makes a new
         # inode), so the kernel's page cache stays valid across opens.

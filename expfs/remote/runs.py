@@ -36,6 +36,7 @@ from expfs.remote.transfer import (
     Stats,
 )
 from expfs.runcache import RunCache, RunRecord
+from expfs.store.lazy import mark_lazy_blob
 from expfs.store.objects import Store
 from expfs.store.trees import Digest, Kind
 
@@ -101,9 +102,10 @@ def remote_lookup(
     """Look up `run_key` on a remote after a local miss; None is a miss.
 
     On a hit the entry has been verified against its run key, its objects
-    fetched and verified (only the trees with `fetch_blobs=False`, for a
-    mounted workspace that fetches blobs on first open), and, with
-    `fetch_blobs`, the entry recorded in the local run-cache.
+    fetched and verified, and the entry recorded in the local run-cache.
+    With `fetch_blobs=False` (a mounted workspace, which fetches a blob
+    when a file is first opened) only trees and symlink targets are
+    fetched, and the outputs are stored marked lazy (`expfs.store.lazy`).
     """
     try:
         entry = read_entry(remote, run_key)
@@ -125,6 +127,10 @@ def remote_lookup(
             )
             return None
         remote.fetch_objects(store, roots, Stats(), blobs=fetch_blobs)
+        if not fetch_blobs:
+            for out in entry.record.outputs:
+                if out.kind == Kind.FILE:
+                    mark_lazy_blob(store, out.digest, out.size, remote.name)
     except _FAILURES as exc:
         log.warning(
             "remote run-cache lookup of stage %s (run key %s) failed, so it is "
@@ -134,10 +140,10 @@ def remote_lookup(
             exc,
         )
         return None
-    if fetch_blobs:
-        RunCache(store).record(entry.record)
-        save_inputs(store, run_key, entry.inputs)
-    decisions.info("hit %s %s on remote %s", stage, run_key[:12], remote.name)
+    RunCache(store).record(entry.record)
+    save_inputs(store, run_key, entry.inputs)
+    lazily = "" if fetch_blobs else " (blobs fetched when files are opened)"
+    decisions.info("hit %s %s on remote %s%s", stage, run_key[:12], remote.name, lazily)
     return entry.record
 
 
@@ -185,18 +191,6 @@ def remote_record(
         )
         return False
     return True
-
-
-def fetch_blob(store: Store, remote: Remote, digest: str) -> str:
-    """Download one blob into the local store, verified, and return its path.
-
-    For a mounted workspace, which calls it when a file whose blob is not
-    local is first opened. Raises `RemoteObjectMissing`, `CorruptRemoteObject`
-    or `RemoteError`, each naming the digest or the remote.
-    """
-    if not store.has_blob(digest):
-        remote.download_blob(store, digest)
-    return store.blob_path(digest)
 
 
 # -- push and pull ---------------------------------------------------------------

@@ -27,6 +27,7 @@ from typing import TypeVar
 from expfs.errors import ExpfsError
 from expfs.remote.backend import Backend, RemoteError, RemoteFileExists
 from expfs.remote.config import RemoteConfig
+from expfs.store.lazy import clear_marks, lazy_mark, put_lazy_trees
 from expfs.store.objects import CHUNK_BYTES, Store, new_hasher
 from expfs.store.trees import Digest, Kind, TreeFormatError, decode_tree, tree_digest
 
@@ -64,6 +65,21 @@ class RemoteObjectMissing(ExpfsError):
             "clone that has it"
         )
         self.digest = digest
+
+
+def lazy_trees_among(
+    store: Store, level: dict[str, Kind], walked: list[Digest]
+) -> list[tuple[Digest, bytes]]:
+    """Return the local encodings of the lazy trees in `level`, adding them to `walked`."""
+    found: list[tuple[Digest, bytes]] = []
+    for digest, kind in sorted(level.items()):
+        if kind != Kind.DIRECTORY or lazy_mark(store, digest) is None:
+            continue
+        data = store.tree_bytes(digest)
+        if data is not None:
+            found.append((Digest(digest), data))
+            walked.append(Digest(digest))
+    return found
 
 
 def object_rel(digest: str) -> str:
@@ -322,43 +338,54 @@ class Remote:
         """Download every object below `roots` that the local store lacks.
 
         Trees are stored only after every blob below them, so a local tree
-        stays complete. With `blobs=False` only trees are fetched (a mounted
-        workspace fetches each blob when a file is first opened).
+        stays complete; a tree restored lazily before is walked too, and
+        its mark removed once its blobs are here. With `blobs=False` only
+        trees and symlink targets are fetched, and the new trees are
+        stored marked lazy (a mounted workspace fetches each file's blob
+        when it is first opened; see `expfs.store.lazy`).
         """
         wanted_blobs: list[str] = []
         fetched_trees: list[tuple[Digest, bytes]] = []
-        level: dict[str, bool] = {d: k == Kind.DIRECTORY for k, d in roots}
+        walked_lazy: list[Digest] = []
+        level: dict[str, Kind] = {d: k for k, d in roots}
         seen = set(level)
         while level:
             trees = [
                 d
-                for d, is_tree in sorted(level.items())
-                if is_tree and not store.has_tree(d)
+                for d, kind in sorted(level.items())
+                if kind == Kind.DIRECTORY and not store.has_tree(d)
             ]
-            for digest, is_tree in sorted(level.items()):
-                if not is_tree and not store.has_blob(digest):
+            for digest, kind in sorted(level.items()):
+                if kind == Kind.DIRECTORY or store.has_blob(digest):
+                    continue
+                if blobs or kind == Kind.SYMLINK:
                     wanted_blobs.append(digest)
             got = self._download_trees(trees)
             fetched_trees.extend(got)
-            below: dict[str, bool] = {}
+            if blobs:
+                got += lazy_trees_among(store, level, walked_lazy)
+            below: dict[str, Kind] = {}
             for _, data in got:
                 for entry in decode_tree(data):
                     if entry.digest not in seen:
                         seen.add(entry.digest)
-                        below[entry.digest] = entry.kind == Kind.DIRECTORY
+                        below[entry.digest] = entry.kind
             level = below
-        if blobs:
-            progress = Progress("pulling", stats, len(wanted_blobs), self.show_progress)
-            try:
-                self.parallel(
-                    lambda d: stats.add(self.download_blob(store, d)), wanted_blobs
-                )
-            finally:
-                progress.close()
+        progress = Progress("pulling", stats, len(wanted_blobs), self.show_progress)
+        try:
+            self.parallel(
+                lambda d: stats.add(self.download_blob(store, d)), wanted_blobs
+            )
+        finally:
+            progress.close()
         if fetched_trees:
-            store.put_trees(fetched_trees)
+            if blobs:
+                store.put_trees(fetched_trees)
+            else:
+                put_lazy_trees(store, fetched_trees, self.name)
             for _, data in fetched_trees:
                 stats.add(len(data))
+        clear_marks(store, walked_lazy)
 
     def _download_trees(self, digests: Sequence[str]) -> list[tuple[Digest, bytes]]:
         found: list[tuple[Digest, bytes]] = []

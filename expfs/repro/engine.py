@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from expfs.errors import CorruptObject, ExpfsError, MissingObject, UsageError
+from expfs.errors import ExpfsError, UsageError
 from expfs.pipeline import Pipeline, Stage, build_dag, load_pipeline
 from expfs.pipeline.params import read_stage_params
 from expfs.pipeline.paths import check_inside
@@ -298,7 +298,8 @@ class Repro:
     def _try_restore(
         self, stage: Stage, inputs: _Inputs, started: float
     ) -> Outcome | None:
-        record = self.runs.lookup(inputs.key, stage.name)
+        # Outputs restored lazily count: the place fetches what it reads.
+        record = self.runs.lookup(inputs.key, stage.name, lazy_ok=True)
         if record is None and not self.options.dry:
             record = self._remote_lookup(stage, inputs)
         if record is None:
@@ -349,7 +350,8 @@ class Repro:
         try:
             for out in record.outputs:
                 self.place.put(out)
-        except (CorruptObject, MissingObject, OSError) as exc:
+        except (ExpfsError, OSError) as exc:
+            # Also a failed fetch of what a lazy restore left on a remote.
             log.warning(
                 "restore of stage %s failed (%s): running it instead", stage.name, exc
             )
@@ -521,9 +523,10 @@ class Repro:
             return None
         from expfs.remote.runs import remote_lookup
 
-        # NOTE: blobs are fetched before the restore in every place, mounts
-        # included, until the FUSE layer fetches a missing blob on first open.
-        return remote_lookup(self.store, remote, inputs.key, stage.name)
+        lazy = self.place.lazy_restore
+        return remote_lookup(
+            self.store, remote, inputs.key, stage.name, fetch_blobs=not lazy
+        )
 
     def _share_run(self, stage: Stage, inputs: _Inputs) -> None:
         """Keep a recorded run's key inputs and push the run to the remote."""

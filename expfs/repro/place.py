@@ -16,6 +16,7 @@ import stat
 from typing import Protocol
 
 from expfs.runcache import OutputRecord
+from expfs.store.lazy import ensure_local
 from expfs.store.objects import Store
 from expfs.store.trees import Digest, Entry, Kind, find_entry
 from expfs.tree.fingerprint import fingerprint_path
@@ -27,6 +28,9 @@ class Place(Protocol):
     """A folder that a pipeline runs in, addressed by paths relative to `root`."""
 
     root: str
+    # True when blobs may stay on the remote until a file is opened (a
+    # mount); False when `put` needs them in the store (a checkout).
+    lazy_restore: bool
 
     def digest_of(self, path: str) -> tuple[Kind, Digest] | None:
         """Return the kind and digest of `path`, or None when it is absent."""
@@ -53,6 +57,8 @@ def _record(
 
 class CheckoutPlace:
     """A plain folder: a Git checkout outside any mount."""
+
+    lazy_restore = False
 
     def __init__(self, store: Store, root: str) -> None:
         self.store = store
@@ -88,6 +94,8 @@ class CheckoutPlace:
 
     def put(self, out: OutputRecord) -> None:
         target = self._abs(out.path)
+        # Blobs that a lazy restore left on a remote are fetched first.
+        ensure_local(self.store, Kind(out.kind), out.digest)
         self.remove(out.path)
         os.makedirs(os.path.dirname(target), exist_ok=True)
         writer = Materializer(self.store, "copy")
@@ -115,7 +123,11 @@ class DaemonPlace:
     Digests of clean files come from the base tree without reading them,
     outputs are snapshotted by the daemon (which flushes the kernel's caches
     first), and a restore is a graft: no bytes are copied, whatever the size.
+    Blobs restored from a remote are fetched by the daemon when a file is
+    first opened.
     """
+
+    lazy_restore = True
 
     def __init__(self, store: Store, root: str, client: ControlClientLike) -> None:
         self.store = store

@@ -8,6 +8,7 @@ import re
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 
+from expfs.store.lazy import iter_marks
 from expfs.store.objects import Store, hash_file
 from expfs.store.trees import Kind, TreeFormatError, decode_tree, tree_digest
 
@@ -35,6 +36,8 @@ class Report:
     bytes_checked: int = 0
     tmp_removed: int = 0
     reindexed: int = 0
+    # Blobs below lazy trees that are still only on a remote (not problems).
+    lazy_blobs: int = 0
     problems: list[Problem] = field(default_factory=list)
 
     @property
@@ -110,7 +113,14 @@ def _check_blob_files(
 
 
 def _check_trees(store: Store, report: Report, blobs: Collection[str]) -> None:
+    """Check every tree; a lazy tree may lack blobs, a complete one may not.
+
+    A complete tree (one without a lazy mark) that references a lazy tree
+    breaks the rule that everything below a complete tree is stored.
+    """
     trees: dict[str, bytes] = dict(store.iter_trees())
+    lazy = {d for d, mark in iter_marks(store) if mark.kind is Kind.DIRECTORY}
+    lazy_blobs: set[str] = set()
     where = f"{store.root}/index (trees)"
     for digest, data in trees.items():
         report.trees_checked += 1
@@ -132,6 +142,19 @@ def _check_trees(store: Store, report: Report, blobs: Collection[str]) -> None:
                 if entry.kind is Kind.DIRECTORY
                 else entry.digest in blobs
             )
+            if not present and digest in lazy and entry.kind is Kind.FILE:
+                lazy_blobs.add(entry.digest)
+                continue
+            if present and digest not in lazy and entry.digest in lazy:
+                report.problems.append(
+                    Problem(
+                        "missing",
+                        entry.digest,
+                        where,
+                        f"lazy tree referenced as {os.fsdecode(entry.name)!r} by "
+                        f"tree {digest}, which is marked complete",
+                    )
+                )
             if not present:
                 name = os.fsdecode(entry.name)
                 report.problems.append(
@@ -144,3 +167,4 @@ def _check_trees(store: Store, report: Report, blobs: Collection[str]) -> None:
                         f"referenced as {name!r} by tree {digest}",
                     )
                 )
+    report.lazy_blobs = len(lazy_blobs)

@@ -31,8 +31,9 @@ Named databases in the shared index. Keys are bytes; LMDB keys are at most
                 a blob that went missing.
     trees       digest (32 raw bytes) -> canonical tree encoding (see
                 `expfs.store.trees`). A tree is written only after every
-                object it references is stored, so a tree's presence means
-                its whole content was complete when it was written.
+                object it references is stored, unless it is written with
+                a mark in `lazy` in the same transaction. So a tree present
+                without a mark is complete: everything below it is stored.
     statcache   BLAKE3(absolute path bytes) -> packed stat fields and the
                 blob digest (see `expfs.store.statcache`). Lets a snapshot
                 skip reading files whose size, mtime, ctime and inode did
@@ -47,6 +48,15 @@ Named databases in the shared index. Keys are bytes; LMDB keys are at most
     runs        run key (32 raw bytes) -> JSON `RunRecord` (see
                 `expfs.runcache`): the outputs, metrics and timing of the
                 last successful run with that key. Written by repro.
+    lazy        digest (32 raw bytes) -> kind (u8), size (u64), time marked
+                (f64, seconds since the epoch) and a remote's name (UTF-8,
+                empty for the default remote); see `expfs.store.lazy`. A
+                tree here was restored lazily: its blobs may be only on
+                that remote, and a mounted workspace fetches each one, then
+                verifies it, when a file is first opened. A blob here is a
+                single-file output restored that way, with its size.
+                Materializing and `expfs pull` fetch what is missing and
+                remove the marks; gc drops marks of objects it removes.
     runinputs   run key (32 raw bytes) -> JSON of the inputs that the key
                 hashes: command, wdir, dependency digests, params, output
                 paths (see `expfs.remote.inputs`). Remote run-cache entries
@@ -95,6 +105,7 @@ DB_GITMAP = b"gitmap"
 DB_EXPERIMENTS = b"experiments"
 DB_RUNS = b"runs"
 DB_RUN_INPUTS = b"runinputs"
+DB_LAZY = b"lazy"
 
 # Every named database of the shared index, opened together at start-up.
 SHARED_DATABASES = (
@@ -106,6 +117,7 @@ SHARED_DATABASES = (
     DB_RUNS,
     DB_EXPERIMENTS,
     DB_RUN_INPUTS,
+    DB_LAZY,
 )
 
 META_FORMAT_KEY = b"format"

@@ -17,6 +17,7 @@ import os
 from collections.abc import Callable
 
 from expfs.errors import CorruptObject, DestinationNotEmpty, UsageError
+from expfs.store.lazy import ensure_local
 from expfs.store.objects import BLOB_MODE, Store, hash_file
 from expfs.store.trees import Entry, Kind
 
@@ -45,14 +46,26 @@ class Materializer:
         self.reflink_failed = False
 
     def write_tree(self, digest: str, dest: bytes) -> None:
-        """Fill the existing folder `dest` with the tree `digest`."""
-        for entry in self.store.get_tree(digest):
-            self.write_entry(entry, os.path.join(dest, entry.name))
+        """Fill the existing folder `dest` with the tree `digest`.
+
+        Blobs that a lazy restore left on a remote are fetched first.
+        """
+        ensure_local(self.store, Kind.DIRECTORY, digest)
+        self._write_tree(digest, dest)
 
     def write_entry(self, entry: Entry, path: bytes) -> None:
+        """Write one entry at `path`, fetching what a lazy restore left remote."""
+        ensure_local(self.store, entry.kind, entry.digest)
+        self._write_entry(entry, path)
+
+    def _write_tree(self, digest: str, dest: bytes) -> None:
+        for entry in self.store.get_tree(digest):
+            self._write_entry(entry, os.path.join(dest, entry.name))
+
+    def _write_entry(self, entry: Entry, path: bytes) -> None:
         if entry.kind is Kind.DIRECTORY:
             os.mkdir(path, 0o700)
-            self.write_tree(entry.digest, path)
+            self._write_tree(entry.digest, path)
             os.chmod(path, entry.mode)
         elif entry.kind is Kind.SYMLINK:
             target = self.store.read_blob(entry.digest)
@@ -128,6 +141,7 @@ def materialize(
                 "or give the digest of a tree"
             )
         store.get_tree(digest)  # raises MissingObject
+    ensure_local(store, Kind.DIRECTORY, digest)
     if os.path.lexists(target) and not os.path.isdir(target):
         raise DestinationNotEmpty(f"{os.fsdecode(target)} exists and is not a folder")
     if os.path.isdir(target) and os.listdir(target):

@@ -29,6 +29,7 @@ import lmdb
 
 from expfs.errors import MissingObject
 from expfs.store import layout
+from expfs.store.lazy import is_available, lazy_mark, put_marked_trees
 from expfs.store.lmdbenv import close_environment, open_environment
 from expfs.store.objects import Store, hash_file
 from expfs.store.trees import (
@@ -1111,7 +1112,7 @@ class Workspace:
         if not parts:
             raise InvalidArgument("cannot graft over the workspace root")
         is_tree = self.store.has_tree(digest)
-        if not is_tree and not self.store.has_blob(digest):
+        if not is_tree and not is_available(self.store, Kind.FILE, digest):
             raise MissingObject(digest, f"a graft at {path!r} in {self.name}")
         batch = Batch()
         changed: list[tuple[int, bytes, int]] = []
@@ -1171,9 +1172,32 @@ class Workspace:
                 default = old.record.mode & 0o7777
             bits = default if mode is None else mode & 0o7777
             node = self._new_node(batch, parent, stat.S_IFREG | bits, uid, gid)
-            node.record.size = os.stat(self.store.blob_path(digest)).st_size
+            node.record.size = self._blob_size(digest)
         node.record.digest = digest
         return node
+
+    def _blob_size(self, digest: Digest) -> int:
+        """Return a blob's size; a blob restored lazily has it in its mark."""
+        try:
+            return os.stat(self.store.blob_path(digest)).st_size
+        except FileNotFoundError:
+            mark = lazy_mark(self.store, digest)
+            if mark is None:
+                raise MissingObject(digest, f"a graft in {self.name}") from None
+            return mark.size
+
+    def lacking_blob(self, ino: int) -> Digest | None:
+        """Return the digest of a clean file's blob when the store lacks it.
+
+        That is a file restored lazily from a remote: the FUSE layer fetches
+        the blob before the file is read or copied up.
+        """
+        record = self.node(ino).record
+        if not record.is_file or record.upper or record.digest is None:
+            return None
+        if self.store.has_blob(record.digest):
+            return None
+        return record.digest
 
     def remove_path(self, path: bytes) -> list[tuple[int, bytes, int]]:
         """Remove a file or a whole directory in one transaction."""
@@ -1203,9 +1227,9 @@ class Workspace:
         Only upper files are read; clean files and untouched directories
         keep the digests of their base entries.
         """
-        trees: list[tuple[Digest, bytes]] = []
+        trees = _NewTrees()
         digest, _ = self._snapshot_dir(self.node(ROOT_INO), trees)
-        self.store.put_trees(trees)
+        trees.store_in(self.store)
         return digest
 
     def digest_of(self, path: bytes) -> Digest:
@@ -1215,9 +1239,9 @@ class Workspace:
         if record.is_dir:
             if not record.dirty and record.digest is not None:
                 return record.digest
-            trees: list[tuple[Digest, bytes]] = []
+            trees = _NewTrees()
             digest, _ = self._snapshot_dir(node, trees)
-            self.store.put_trees(trees)
+            trees.store_in(self.store)
             return digest
         if record.is_symlink:
             if record.target is not None:
@@ -1228,10 +1252,14 @@ class Workspace:
             raise InvalidArgument(f"{path!r} is not a file, directory or symlink")
         return record.digest
 
-    def _snapshot_dir(
-        self, directory: Node, trees: list[tuple[Digest, bytes]]
-    ) -> tuple[Digest, int]:
+    def _snapshot_dir(self, directory: Node, trees: _NewTrees) -> tuple[Digest, int]:
         entries: list[Entry] = []
+        # A lazy base tree makes the new tree lazy when it keeps any of
+        # its entries unchanged, since their blobs may be remote.
+        base_mark = None
+        if directory.record.digest is not None:
+            base_mark = lazy_mark(self.store, directory.record.digest)
+        lazy_from: str | None = None
         items = self.entries(directory)
         if directory.ino == ROOT_INO:
             for hidden in self.hidden_root_names:
@@ -1241,17 +1269,22 @@ class Workspace:
                 ino = derived_ino(directory.ino, name)
                 if ino not in self.nodes and self._get(DB_INODES, ino_key(ino)) is None:
                     entries.append(item)
+                    if base_mark is not None:
+                        lazy_from = base_mark.remote
                     continue
             entry = self._snapshot_entry(name, self._entry_node(directory, item), trees)
             if entry is not None:
                 entries.append(entry)
+                remote = trees.lazy_remote(self.store, entry)
+                if remote is not None:
+                    lazy_from = remote
         encoded = encode_tree(entries)
         digest = tree_digest(encoded)
-        trees.append((digest, encoded))
+        trees.add(digest, encoded, lazy_from)
         return digest, sum(e.size for e in entries)
 
     def _snapshot_entry(
-        self, name: bytes, node: Node, trees: list[tuple[Digest, bytes]]
+        self, name: bytes, node: Node, trees: _NewTrees
     ) -> Entry | None:
         record = node.record
         bits = record.mode & 0o7777
@@ -1282,6 +1315,34 @@ class Workspace:
             node.ino,
         )
         return None
+
+
+class _NewTrees:
+    """Trees a snapshot encodes, and which of them must be stored marked lazy."""
+
+    def __init__(self) -> None:
+        self.encoded: list[tuple[Digest, bytes]] = []
+        self.marks: dict[Digest, str] = {}
+
+    def add(self, digest: Digest, encoded: bytes, lazy_from: str | None) -> None:
+        self.encoded.append((digest, encoded))
+        if lazy_from is not None:
+            self.marks[digest] = lazy_from
+
+    def lazy_remote(self, store: Store, entry: Entry) -> str | None:
+        """Return the remote an entry's content may lack blobs on, or None."""
+        if entry.kind is Kind.DIRECTORY:
+            if entry.digest in self.marks:
+                return self.marks[entry.digest]
+            mark = lazy_mark(store, entry.digest)
+            return None if mark is None else mark.remote
+        if entry.kind is Kind.FILE and not store.has_blob(entry.digest):
+            mark = lazy_mark(store, entry.digest)
+            return "" if mark is None else mark.remote
+        return None
+
+    def store_in(self, store: Store) -> None:
+        put_marked_trees(store, self.encoded, self.marks)
 
 
 def _unlink_quietly(path: str) -> None:
