@@ -167,6 +167,7 @@ def _print_entry(entry: Any, path: bytes) -> None:
 
 def cmd_cat(args: argparse.Namespace) -> int:
     from expfs.errors import UsageError
+    from expfs.store.lazy import ensure_local
     from expfs.store.repo import store_for
     from expfs.store.trees import Kind
 
@@ -175,6 +176,8 @@ def cmd_cat(args: argparse.Namespace) -> int:
         digest, entry = _subtree(store, args.digest, args.path)
         if entry is None or entry.kind is Kind.DIRECTORY:
             raise UsageError(f"{args.path} is a folder: use `expfs ls`")
+        # A file of a tree restored lazily may still be on the remote.
+        ensure_local(store, entry.kind, digest)
     else:
         digest = store.resolve(args.digest)
         if not store.has_blob(digest):

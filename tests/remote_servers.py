@@ -149,10 +149,22 @@ class S3Server:
     folder: Path
     proc: subprocess.Popen[bytes]
     args: list[str]
+    metrics_port: int
 
     @property
     def endpoint(self) -> str:
         return f"http://{LOOPBACK}:{self.port}"
+
+    def sent_bytes(self) -> int:
+        """Return the bytes the S3 server has sent in responses, from its metrics."""
+        url = f"http://{LOOPBACK}:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            text = response.read().decode()
+        total = 0.0
+        for line in text.splitlines():
+            if line.startswith("SeaweedFS_s3_bucket_traffic_sent_bytes_total{"):
+                total += float(line.rsplit(" ", 1)[1])
+        return int(total)
 
     def url(self, path: str) -> str:
         return f"s3://{self.bucket}{path}"
@@ -205,10 +217,13 @@ def start_seaweedfs(folder: Path, bucket: str = "expfs") -> S3Server:
         f"-bucket={bucket}",
     ]
     args += [f"-{flag}={value}" for flag, value in ports.items()]
+    # Prometheus metrics, whose traffic counters tell what the server sent.
+    metrics_port = free_port()
+    args += [f"-metricsIp={LOOPBACK}", f"-metricsPort={metrics_port}"]
     log = folder / "weed.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(args, stdout=out, stderr=out, cwd=folder)
-    server = S3Server(port, bucket, folder, proc, args)
+    server = S3Server(port, bucket, folder, proc, args, metrics_port)
     _wait_for_s3(server)
     return server
 

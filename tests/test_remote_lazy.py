@@ -24,6 +24,7 @@ from expfs.store.fsck import fsck
 from expfs.store.lazy import ensure_local, is_available, is_complete, lazy_mark
 from expfs.store.trees import Digest, Kind
 from expfs.tree.materialize import materialize
+from expfs.tree.snapshot import snapshot_path
 from expfs.workspace import Workspace
 from tests.test_remote import make_run, second_store
 
@@ -226,3 +227,19 @@ def test_graft_of_unknown_blob_is_rejected(second_store: Store) -> None:
             workspace.graft(b"x", Digest("ab" * 32))
     finally:
         workspace.close()
+
+
+def test_complete_store_of_same_tree_clears_mark(
+    store: Store, second_store: Store, tmp_path: Path
+) -> None:
+    remote = add_default_remote(second_store, tmp_path / "remote")
+    record = pushed_run(store, tmp_path, remote)
+    remote_lookup(second_store, remote, record.key, "gen", fetch_blobs=False)
+    tree = record.outputs[0].digest
+    folder = tmp_path / "same" / "out"
+    folder.mkdir(parents=True)
+    for name, text in FILES.items():
+        (folder / name).write_text(text)
+    assert snapshot_path(second_store, str(folder)) == tree
+    assert lazy_mark(second_store, tree) is None
+    assert is_complete(second_store, Kind.DIRECTORY, tree)

@@ -264,7 +264,7 @@ class Daemon:
 
     async def _graft(self, request: dict[str, Any]) -> Any:
         path = _workspace_path(request["path"])
-        digest = self.store.resolve(request["digest"])
+        digest = self._resolve(request["digest"])
         mode = request.get("mode")
         changed = self.workspace.graft(
             path, digest, None if mode is None else int(mode)
@@ -272,6 +272,14 @@ class Daemon:
         await self.ops.invalidate(changed)
         log.info("grafted %s at %s in %s", digest, os.fsdecode(path), self.name)
         return None
+
+    def _resolve(self, name: str) -> Any:
+        """Expand a digest; a blob restored lazily from a remote counts too."""
+        from expfs.store.lazy import lazy_mark
+
+        if len(name) == 64 and lazy_mark(self.store, name.lower()) is not None:
+            return name.lower()
+        return self.store.resolve(name)
 
     async def _remove_path(self, request: dict[str, Any]) -> Any:
         path = _workspace_path(request["path"])

@@ -6,6 +6,10 @@ an upper file keeps its errno, and anything else is logged at ERROR with the
 operation and inode and returned to the kernel as EIO, so the daemon keeps
 serving.
 
+Opening a file whose blob a lazy restore left on a remote first fetches
+the blob through `blob_source`, in a worker thread; `stat`, `lookup` and
+`readdir` never fetch, since sizes come from the trees.
+
 Not supported, by design or because pyfuse3 3.5 has no handler for it:
 O_TMPFILE (EOPNOTSUPP from the kernel), SEEK_HOLE/SEEK_DATA (no lseek
 handler, so holes are not reported), device nodes (EPERM), POSIX ACLs
@@ -99,7 +103,10 @@ def operation(handler: F) -> F:
 
 
 class BlobSource(Protocol):
-    """Downloads a blob into the store, verified; blocking, run in a worker thread."""
+    """A downloader of blobs into the store, called from a worker thread.
+
+    `fetch` blocks until the blob is in the store, verified, or raises.
+    """
 
     def fetch(self, digest: str) -> None: ...
 

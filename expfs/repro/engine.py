@@ -3,7 +3,9 @@
 Each stage, in DAG order, has its dependencies and params fingerprinted
 before anything runs, which gives its run key. The stage is skipped when the
 lock file records its current outputs under that key, restored when the
-run-cache has a complete entry, and run otherwise. Only successful runs
+run-cache has an entry whose objects are in the store or restorable
+lazily from a remote (a mount fetches blobs when files are opened, a
+checkout before it writes them), and run otherwise. Only successful runs
 whose dependencies did not change while they ran are recorded.
 """
 

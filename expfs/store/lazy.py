@@ -100,7 +100,10 @@ def put_lazy_trees(
 def put_marked_trees(
     store: Store, trees: Iterable[tuple[Digest, bytes]], marks: dict[Digest, str]
 ) -> None:
-    """Store trees, marking those in `marks` lazy (digest -> remote name), at once."""
+    """Store trees in one transaction, those in `marks` (digest -> remote) lazy.
+
+    The others are complete, so a mark left on one of them is removed.
+    """
     items = [(raw(d), data, marks.get(d)) for d, data in trees]
     now = time.time()
     trees_db = store.env.db(layout.DB_TREES)
@@ -109,7 +112,9 @@ def put_marked_trees(
     def write(txn: Any) -> None:
         for key, data, remote in items:
             added = txn.put(key, data, db=trees_db, overwrite=False)
-            if added and remote is not None:
+            if remote is None:
+                txn.delete(key, db=lazy_db)
+            elif added:
                 mark = LazyMark(Kind.DIRECTORY, remote, 0, now)
                 txn.put(key, mark.encode(), db=lazy_db)
 

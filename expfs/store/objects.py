@@ -390,23 +390,23 @@ class Store:
         """Store a tree whose referenced objects are already stored."""
         encoded = encode_tree(entries)
         digest = tree_digest(encoded)
-        key = raw(digest)
-        handle = self.env.db(layout.DB_TREES)
-
-        def write(txn: object) -> None:
-            txn.put(key, encoded, db=handle, overwrite=False)  # type: ignore[attr-defined]
-
-        self.env.write(write)
+        self.put_trees([(digest, encoded)])
         return digest
 
     def put_trees(self, encoded_trees: Iterable[tuple[Digest, bytes]]) -> None:
-        """Store several already-encoded trees in one transaction."""
+        """Store several already-encoded, complete trees in one transaction.
+
+        The caller has stored everything they reference, so a lazy mark
+        that an earlier restore left on one of them is removed.
+        """
         items = [(raw(d), data) for d, data in encoded_trees]
         handle = self.env.db(layout.DB_TREES)
+        lazy = self.env.db(layout.DB_LAZY)
 
         def write(txn: object) -> None:
             for key, data in items:
                 txn.put(key, data, db=handle, overwrite=False)  # type: ignore[attr-defined]
+                txn.delete(key, db=lazy)  # type: ignore[attr-defined]
 
         self.env.write(write)
 
