@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from expfs.remote.config import RemoteConfig
+from expfs.remote.gc import gc_remote
 from expfs.remote.lease import (
     HELD,
     RELEASED,
@@ -29,6 +30,7 @@ from expfs.remote.lease import (
     take_turn,
 )
 from expfs.remote.transfer import Remote
+from expfs.store import Store
 from tests.conftest import git
 from tests.remote_servers import s3_options, seaweedfs
 
@@ -167,8 +169,14 @@ def test_take_turn_runs_after_failed_holder(make_remote: MakeRemote) -> None:
     assert holder.acquire() is None
     # The holder's stage fails: it releases the lease and pushes no entry.
     threading.Timer(1.0, holder.release).start()
-    turn = take_turn(make_remote(), RUN_KEY, "train", restore=lambda: None)
+    said: list[str] = []
+    turn = take_turn(
+        make_remote(), RUN_KEY, "train", restore=lambda: None, say=said.append
+    )
     assert turn.restored is None
+    assert len(said) == 2
+    assert "waiting for" in said[0]
+    assert "without a result: running it here" in said[1]
     assert turn.lease is not None
     with turn:
         newest = holder.newest()
@@ -215,6 +223,26 @@ def test_invalid_lease_counts_as_expired(
         assert lease.acquire() is None
     assert "invalid lease" in caplog.text
     assert lease.generations() == [2]
+
+
+def test_gc_removes_ended_leases(store: Store, tmp_path: Path) -> None:
+    remote = Remote(RemoteConfig("origin", f"file://{tmp_path}/remote"))
+    ended = RemoteLease(remote, RUN_KEY, "train")
+    assert ended.acquire() is None
+    ended.release()
+    live = RemoteLease(remote, "cd" * 32, "train")
+    assert live.acquire() is None
+    report = gc_remote(store, remote, grace_s=3600)
+    assert report.lease_files_removed == 0
+    old = time.time() - 7200
+    for path in (tmp_path / "remote" / "leases").rglob("*"):
+        if path.is_file():
+            os.utime(path, (old, old))
+    report = gc_remote(store, remote, grace_s=3600)
+    assert report.lease_files_removed == 1
+    assert ended.generations() == []
+    # Written long ago, but its expiry is still ahead: a live lease stays.
+    assert live.generations() == [1]
 
 
 # -- two clones running one stage at once --------------------------------------------

@@ -430,6 +430,7 @@ def take_turn(
             )
             return Turn(None)
         if holder is None:
+            waiter.took_over()
             return Turn(lease)
         waiter.wait_for(holder, cancelled)
         restored = restore()
@@ -452,8 +453,17 @@ class _Waiter:
         self.say = say
         self.since = time.monotonic()
         self.delay_s = FIRST_POLL_S
-        self.announced = ""
+        self.announced: LeaseRecord | None = None
         self.logged_at = 0.0
+
+    def took_over(self) -> None:
+        """Tell the user that the holder waited for left no result."""
+        if self.announced is None or self.say is None:
+            return
+        self.say(
+            f"stage '{self.lease.stage}': the lease of {self.announced.holder()} "
+            "expired or was released without a result: running it here"
+        )
 
     def wait_for(
         self, holder: LeaseRecord, cancelled: Callable[[], bool] | None
@@ -469,8 +479,8 @@ class _Waiter:
 
     def _announce(self, holder: LeaseRecord) -> None:
         stage, key = self.lease.stage, self.lease.run_key[:12]
-        if holder.owner != self.announced:
-            self.announced = holder.owner
+        if self.announced is None or holder.owner != self.announced.owner:
+            self.announced = holder
             self.logged_at = time.monotonic()
             running_s = max(0.0, time.time() - holder.started)
             line = (
@@ -489,3 +499,34 @@ class _Waiter:
                 holder.holder(),
                 time.monotonic() - self.since,
             )
+
+
+def ended_lease_files(remote: Remote, cutoff: float) -> list[str]:
+    """Return the files of every lease that ended before `cutoff`, for gc.
+
+    A lease ended when its newest generation is released or expired and
+    was written before `cutoff` (seconds since the epoch). All of its
+    generations go together. Removing the newest one lets generation
+    numbers start again, which is safe only because no worker still acts
+    on a listing that old.
+    """
+    folders: dict[str, list[tuple[int, str, float]]] = {}
+    for rel, mtime in remote.backend.walk_files(LEASES_DIR):
+        folder, _, name = rel.rpartition("/")
+        if name.isdigit():
+            folders.setdefault(folder, []).append((int(name), rel, mtime))
+    ended: list[str] = []
+    now = time.time()
+    for files in folders.values():
+        generation, rel, mtime = max(files)
+        if mtime > cutoff:
+            continue
+        try:
+            record = decode_lease(remote.backend.read_bytes(rel), generation)
+        except FileNotFoundError:
+            continue
+        except ValueError:
+            record = None
+        if record is None or not record.live(now):
+            ended += [f[1] for f in files]
+    return ended
