@@ -484,8 +484,8 @@ class _Waiter:
             self.logged_at = time.monotonic()
             running_s = max(0.0, time.time() - holder.started)
             line = (
-                f"stage '{stage}': waiting for {holder.holder()}, which has run it "
-                f"for {running_s:.0f} s (lease on remote {self.lease.remote.name})"
+                f"stage '{stage}': waiting for {holder.holder()}, which started it "
+                f"{running_s:.0f} s ago (lease on remote {self.lease.remote.name})"
             )
             log.info("%s, run key %s", line, key)
             if self.say is not None:
