@@ -215,8 +215,9 @@ def cmd_gc_remote(args: argparse.Namespace) -> int:
     report = gc_remote(store, remote, grace_s=args.grace * 3600, dry_run=args.dry_run)
     verb = "would remove" if args.dry_run else "removed"
     print(
-        f"{verb} {report.removed} objects and {report.temporary_removed} temporary "
-        f"files from {remote.label}; kept {report.kept} reachable and "
+        f"{verb} {report.removed} objects, {report.temporary_removed} temporary "
+        f"files and {report.lease_files_removed} files of ended leases from "
+        f"{remote.label}; kept {report.kept} reachable and "
         f"{report.too_new} younger than {args.grace:g} h"
     )
     return 0

@@ -252,6 +252,38 @@ class Row:
             return 0.0
         return (self.finished or time.monotonic()) - self.started
 
+    def count_stage(self, stage: str, action: str) -> None:
+        """Show `stage` as current and count its outcome `action`."""
+        self.stage = stage
+        if action == "ran":
+            self.ran += 1
+        elif action == "restored":
+            self.restored += 1
+        elif action in ("skipped", "frozen"):
+            self.skipped += 1
+
+
+def render_rows(rows: dict[str, Row]) -> Any:
+    """Build the live table of a sweep: one line per experiment."""
+    from rich.table import Table
+
+    table = Table(box=None, pad_edge=False)
+    for column in ("experiment", "status", "stage", "ran", "restored", "elapsed"):
+        table.add_column(
+            column,
+            justify="right" if column in ("ran", "restored", "elapsed") else "left",
+        )
+    for name, row in rows.items():
+        table.add_row(
+            name,
+            row.status,
+            row.stage,
+            str(row.ran),
+            str(row.restored),
+            f"{row.elapsed_s():.1f} s",
+        )
+    return table
+
 
 @dataclass
 class Runner:
@@ -278,38 +310,10 @@ class Runner:
         self.live = self.echo is not None and self.echo.isatty()
 
     def _on_stage(self, name: str) -> Callable[[str, str], None]:
-        row = self.rows[name]
-
-        def update(stage: str, action: str) -> None:
-            row.stage = stage
-            if action == "ran":
-                row.ran += 1
-            elif action == "restored":
-                row.restored += 1
-            elif action in ("skipped", "frozen"):
-                row.skipped += 1
-
-        return update
+        return self.rows[name].count_stage
 
     def render(self) -> Any:
-        from rich.table import Table
-
-        table = Table(box=None, pad_edge=False)
-        for column in ("experiment", "status", "stage", "ran", "restored", "elapsed"):
-            table.add_column(
-                column,
-                justify="right" if column in ("ran", "restored", "elapsed") else "left",
-            )
-        for name, row in self.rows.items():
-            table.add_row(
-                name,
-                row.status,
-                row.stage,
-                str(row.ran),
-                str(row.restored),
-                f"{row.elapsed_s():.1f} s",
-            )
-        return table
+        return render_rows(self.rows)
 
     def run_all(self, names: Sequence[str]) -> list[Experiment]:
         """Run experiments `names`; Ctrl-C stops every one that is running."""

@@ -1,16 +1,19 @@
 """`expfs exp run --cluster` against a real Dask scheduler and two workers.
 
-The scheduler and a `dask worker --nworkers 2` run on 127.0.0.1 without
-dashboards, started once for the module and stopped by process id. The
-workers get their own short TMPDIR, which contains their node-local store
-and mounts, and EXPFS_TEST_ON_WORKER=1, which the stage writes into its
-metrics to prove where it ran.
+The scheduler and two `dask worker` commands run on 127.0.0.1 without
+dashboards, started once for the module and stopped by process id. Each
+worker gets its own short TMPDIR, which contains its node-local store and
+mounts, so the two act as two machines that share only the remote. They
+also get EXPFS_TEST_ON_WORKER=1, which the stage writes into its metrics
+to prove where it ran.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -18,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +29,10 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("distributed", reason="needs the cluster extra (dask[distributed])")
+
+from tests.remote_servers import s3_options, seaweedfs  # noqa: E402
+
+__all__ = ["seaweedfs"]
 
 pytestmark = [pytest.mark.fuse, pytest.mark.slow]
 
@@ -61,7 +69,6 @@ class Cluster:
     address: str
     tmpdir: Path
     counter: Path
-    workers_pid: int
 
     def counted(self) -> list[str]:
         if not self.counter.exists():
@@ -110,12 +117,8 @@ def wait_for_workers(log: Path, count: int, proc: subprocess.Popen[bytes]) -> No
     raise AssertionError(f"{count} workers did not register in 60 s: {log.read_text()}")
 
 
-def start_cluster(
-    folder: Path, tmpdir: Path, nworkers: int, **env: str
-) -> tuple[str, subprocess.Popen[bytes], subprocess.Popen[bytes]]:
-    """Start a scheduler and `nworkers` worker processes; return their handles."""
+def start_scheduler(folder: Path) -> tuple[str, subprocess.Popen[bytes]]:
     port = free_port()
-    address = f"tcp://127.0.0.1:{port}"
     with open(folder / "scheduler.log", "wb") as log:
         scheduler = subprocess.Popen(
             [DASK, "scheduler", "--host", "127.0.0.1", "--port", str(port)]
@@ -123,9 +126,16 @@ def start_cluster(
             stdout=log,
             stderr=subprocess.STDOUT,
         )
+    return f"tcp://127.0.0.1:{port}", scheduler
+
+
+def start_workers(
+    address: str, folder: Path, tmpdir: Path, nworkers: int, **env: str
+) -> subprocess.Popen[bytes]:
+    """Start `dask worker` with `nworkers` processes that share `tmpdir`."""
     worker_env = {**os.environ, "TMPDIR": str(tmpdir), **env}
     with open(folder / "workers.log", "wb") as log:
-        workers = subprocess.Popen(
+        return subprocess.Popen(
             [DASK, "worker", address, "--host", "127.0.0.1", "--nthreads", "1"]
             + ["--nworkers", str(nworkers), "--no-dashboard"]
             + ["--local-directory", str(folder / "workers")],
@@ -133,6 +143,14 @@ def start_cluster(
             stderr=subprocess.STDOUT,
             env=worker_env,
         )
+
+
+def start_cluster(
+    folder: Path, tmpdir: Path, nworkers: int, **env: str
+) -> tuple[str, subprocess.Popen[bytes], subprocess.Popen[bytes]]:
+    """Start a scheduler and `nworkers` worker processes; return their handles."""
+    address, scheduler = start_scheduler(folder)
+    workers = start_workers(address, folder, tmpdir, nworkers, **env)
     return address, scheduler, workers
 
 
@@ -144,18 +162,28 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     # A short folder: mount control sockets live below it (AF_UNIX limit).
     tmpdir = Path(tempfile.mkdtemp(prefix="exc", dir="/tmp"))
     counter = tmpdir / "commands.txt"
-    address, scheduler, workers = start_cluster(
-        folder,
-        tmpdir,
-        2,
-        EXPFS_TEST_ON_WORKER="1",
-        WORKER_COUNTER=str(counter),
-    )
+    address, scheduler = start_scheduler(folder)
+    workers: list[subprocess.Popen[bytes]] = []
     try:
-        wait_for_workers(folder / "workers.log", 2, workers)
-        yield Cluster(address, tmpdir, counter, workers.pid)
+        for index in range(2):
+            (folder / f"n{index}").mkdir()
+            (tmpdir / f"n{index}").mkdir()
+            workers.append(
+                start_workers(
+                    address,
+                    folder / f"n{index}",
+                    tmpdir / f"n{index}",
+                    1,
+                    EXPFS_TEST_ON_WORKER="1",
+                    WORKER_COUNTER=str(counter),
+                )
+            )
+        for index, proc in enumerate(workers):
+            wait_for_workers(folder / f"n{index}" / "workers.log", 1, proc)
+        yield Cluster(address, tmpdir, counter)
     finally:
-        stop_process(workers)
+        for proc in workers:
+            stop_process(proc)
         stop_process(scheduler)
         unmount_below(tmpdir)
         shutil.rmtree(tmpdir, ignore_errors=True)
@@ -445,3 +473,198 @@ def test_cluster_local_runs_sweep(
     assert {e.status for e in experiments.values()} == {"success"}  # type: ignore[attr-defined]
     assert "INFO" not in proc.stdout + proc.stderr
     assert proc.stdout.count("running on Dask worker tcp://127.0.0.1:") == 2
+
+
+# -- a shared remote run-cache and leases, on file:// and S3 ---------------------------
+
+SLOW_PIPELINE = """\
+stages:
+  prep:
+    cmd: python3 prep.py
+    deps: [prep.py]
+    outs: [data.txt]
+  train:
+    cmd: python3 train.py
+    deps: [train.py, data.txt]
+    params: [lr, depth]
+    outs: [model.txt]
+    metrics: [{score.json: {cache: false}}]
+"""
+
+SLOW_PREP = """\
+import os, time
+with open(os.environ["WORKER_COUNTER"], "a") as f:
+    f.write("prep {token}\\n")
+time.sleep(4)
+open("data.txt", "w").write("prepared\\n")
+"""
+
+
+@pytest.fixture(params=["file", "s3"])
+def remote_args(request: pytest.FixtureRequest, tmp_path: Path) -> list[str]:
+    """Return the URL and options of a new, empty remote of each kind."""
+    if request.param == "file":
+        return [f"file://{tmp_path}/remote"]
+    server = request.getfixturevalue("seaweedfs")
+    options = [["-o", f"{k}={v}"] for k, v in s3_options(server).items()]
+    return [server.url(f"/{uuid.uuid4().hex}"), *sum(options, [])]
+
+
+def init_project(root: Path, remote_args: list[str]) -> None:
+    run(root, "init")
+    run(root, "remote", "add", "origin", *remote_args, "--default")
+
+
+@pytest.fixture
+def remote_project(repo: Path, remote_args: list[str]) -> Iterator[Path]:
+    """The training project, with a default remote on file:// or S3."""
+    (repo / "dvc.yaml").write_text(TRAIN_STAGE)
+    (repo / "train.py").write_text(TRAIN_SCRIPT)
+    (repo / "params.yaml").write_text("lr: 0.1\ndepth: 2\n")
+    subprocess.run(["git", "-C", str(repo), "add", "-A"], check=True)
+    subprocess.run(["git", "-C", str(repo), "commit", "-qm", "pipeline"], check=True)
+    init_project(repo, remote_args)
+    try:
+        yield repo
+    finally:
+        unmount_below(repo)
+
+
+def clone_project(project: Path, dest: Path, remote_args: list[str]) -> Path:
+    subprocess.run(["git", "clone", "-q", str(project), str(dest)], check=True)
+    init_project(dest, remote_args)
+    return dest
+
+
+def forget_node_stores(cluster: Cluster) -> None:
+    """Remove the workers' node-local stores: only the remote remembers runs."""
+    assert mounts_below(cluster.tmpdir) == []
+    for folder in cluster.tmpdir.glob("n*/expfs-node-*"):
+        shutil.rmtree(folder)
+
+
+def scores(repo: Path) -> list[float]:
+    found = [e.metrics["score.json"]["score"] for e in records(repo).values()]  # type: ignore[attr-defined]
+    return sorted(found)
+
+
+def test_cluster_sweep_again_restored(
+    cluster: Cluster, remote_project: Path, remote_args: list[str], tmp_path: Path
+) -> None:
+    sweep = ["exp", "run", "-S", "lr=0.5,0.6", "-S", "depth=23"]
+    sweep += ["--cluster", cluster.address]
+    before = cluster.counted()
+    first = run(remote_project, *sweep)
+    after_first = cluster.counted()
+    assert sorted(after_first[len(before) :]) == ["0.5 23", "0.6 23"]
+    assert first.stdout.count("stage 'train': ran") == 2
+
+    forget_node_stores(cluster)
+    clone = clone_project(remote_project, tmp_path / "clone", remote_args)
+    second = run(clone, *sweep)
+    assert cluster.counted() == after_first
+    assert second.stdout.count("stage 'train': restored from the run-cache") == 2
+    assert "stage 'train': ran" not in second.stdout
+    assert {e.status for e in records(clone).values()} == {"success"}  # type: ignore[attr-defined]
+    assert scores(clone) == pytest.approx([11.5, 13.8])
+    assert scores(clone) == scores(remote_project)
+    assert mounts_below(cluster.tmpdir) == []
+
+
+def test_cluster_shared_slow_stage_once(cluster: Cluster, remote_project: Path) -> None:
+    token = uuid.uuid4().hex
+    (remote_project / "dvc.yaml").write_text(SLOW_PIPELINE)
+    (remote_project / "prep.py").write_text(SLOW_PREP.format(token=token))
+    proc = run(
+        remote_project, "exp", "run", "-S", "lr=0.7,0.8", "-S", "depth=29",
+        "--cluster", cluster.address,
+    )  # fmt: skip
+    assert cluster.counted().count(f"prep {token}") == 1
+    assert proc.stdout.count("stage 'prep': ran") == 1
+    assert proc.stdout.count("stage 'prep': waiting for") == 1
+    assert proc.stdout.count("stage 'prep': restored from the run-cache") == 1
+    assert proc.stdout.count("stage 'train': ran") == 2
+    workers = {
+        line.rsplit(" ", 1)[-1]
+        for line in proc.stdout.splitlines()
+        if "running on Dask worker" in line
+    }
+    assert len(workers) == 2
+    assert {e.status for e in records(remote_project).values()} == {"success"}  # type: ignore[attr-defined]
+    assert scores(remote_project) == pytest.approx([20.3, 23.2])
+    assert mounts_below(cluster.tmpdir) == []
+
+
+def stage_run_key(project: Path, folder: Path, stage: str) -> str:
+    """Run the pipeline in a clone without any remote; return `stage`'s run key."""
+    from expfs.repro.lockfile import LOCK_NAME, LockFile
+
+    subprocess.run(["git", "clone", "-q", str(project), str(folder)], check=True)
+    run(folder, "init")
+    env = {**os.environ, "WORKER_COUNTER": str(folder / "commands.txt")}
+    subprocess.run(
+        [*EXPFS, "repro", "--no-remote"], cwd=folder, env=env, check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return LockFile(str(folder / LOCK_NAME)).stages[stage].run_key
+
+
+def test_cluster_takes_over_expired_lease(
+    cluster: Cluster, remote_project: Path, tmp_path: Path
+) -> None:
+    from expfs.remote.lease import RELEASED, RemoteLease
+    from expfs.remote.runs import open_remote
+    from expfs.store.repo import store_for
+
+    key = stage_run_key(remote_project, tmp_path / "probe", "train")
+    remote = open_remote(store_for(str(remote_project)))
+    # A holder that dies right after taking the lease: no renewal, no release.
+    dead = RemoteLease(remote, key, "train", ttl_s=15, owner="dead-holder")
+    assert dead.acquire() is None
+    before = cluster.counted()
+    proc = run(remote_project, "exp", "run", "--cluster", cluster.address)
+    assert cluster.counted()[len(before) :] == ["0.1 2"]
+    assert "stage 'train': waiting for" in proc.stdout
+    assert "without a result: running it here" in proc.stdout
+    assert "stage 'train': ran" in proc.stdout
+    newest = dead.newest()
+    assert newest is not None
+    assert newest.owner != "dead-holder"
+    assert newest.state == RELEASED
+    (experiment,) = records(remote_project).values()
+    assert experiment.status == "success"  # type: ignore[attr-defined]
+
+
+class TerminalBuffer(io.StringIO):
+    """A text buffer that claims to be a terminal, as a user's screen would."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_cluster_live_table(cluster: Cluster, project: Path) -> None:
+    from expfs.cluster.client import run_on_cluster
+    from expfs.store.lmdbenv import close_environment
+    from expfs.store.repo import store_for
+
+    screen = TerminalBuffer()
+    store = store_for(str(project))
+    try:
+        (experiment,) = run_on_cluster(
+            store,
+            ["lr=0.9", "depth=31"],
+            address=cluster.address,
+            name="live",
+            echo=screen,
+        )
+    finally:
+        close_environment(os.path.join(store.root, "index"))
+    assert experiment.status == "success"
+    text = screen.getvalue()
+    for column in ("experiment", "status", "stage", "ran", "restored", "elapsed"):
+        assert column in text
+    # The last drawing: the experiment finished, with one stage run.
+    assert re.search(r"live\s+success\s+train\s+1\s+0\s+\d+\.\d s", text), text
+    # Output lines go to the experiment's log, not between the table's lines.
+    assert "[live]" not in text
+    assert "training 0.9 31" in run(project, "queue", "logs", "live").stdout

@@ -26,6 +26,11 @@ from expfs.errors import ExpfsError, UsageError
 
 # The message of every "Dask is missing" error.
 INSTALL_HINT = "pip install 'expfs[cluster]'"
+# Start of an output line of the experiment process that reports a stage's
+# progress as JSON ({"stage": ..., "action": ...}) for the live table. The
+# record separator (0x1E) keeps it apart from the output of commands, which
+# would have to print that control character to be mistaken for one.
+PROGRESS_PREFIX = "\x1eexpfs-progress "
 
 
 class DaskMissing(UsageError):

@@ -36,6 +36,7 @@ from expfs.experiments import (
 from expfs.remote.transfer import Remote
 from expfs.store.objects import Store
 from expfs.store.trees import Digest, Kind
+from expfs.sweep import STATUS_RUNNING, Row, render_rows
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +145,13 @@ class _Task:
 
 @dataclass
 class ClusterSweep:
-    """Sends experiments of one store to a Dask client and records their ends."""
+    """Sends experiments of one store to a Dask client and records their ends.
+
+    On a terminal it draws the same live table as a local sweep, fed by the
+    progress events of the workers, and each experiment's output goes to
+    its log only. Off a terminal it prints each output line prefixed by
+    the experiment's name.
+    """
 
     store: Store
     client: Any
@@ -155,6 +162,8 @@ class ClusterSweep:
 
     def __post_init__(self) -> None:
         self.echo_lock = threading.Lock()
+        self.rows: dict[str, Row] = {}
+        self.live = self.echo is not None and self.echo.isatty()
 
     def run(self, experiments: Sequence[Experiment]) -> list[Experiment]:
         """Run `experiments` on the cluster; Ctrl-C stops every one still running."""
@@ -163,6 +172,7 @@ class ClusterSweep:
         for experiment in experiments:
             key = task_key(self.remote, experiment.base, experiment.overrides)
             self.tasks.setdefault(key, _Task(key, [])).names.append(experiment.name)
+            self.rows[experiment.name] = Row()
         specs = {e.name: e for e in experiments}
         for task in self.tasks.values():
             self.client.subscribe_topic(
@@ -181,8 +191,10 @@ class ClusterSweep:
             for name in task.names:
                 overrides = ", ".join(first.overrides) or "no overrides"
                 self._say(name, f"submitted as task {task.key} ({overrides})")
+        display = self._live_display()
         try:
-            self._wait_all()
+            with display:
+                self._wait_all(display)
         except KeyboardInterrupt:
             self._stop_all()
             raise
@@ -190,7 +202,19 @@ class ClusterSweep:
             self._unsubscribe()
         return [get_experiment(self.store, e.name) for e in experiments]
 
-    def _wait_all(self) -> None:
+    def _live_display(self) -> Any:
+        if not self.live:
+            return contextlib.nullcontext()
+        from rich.console import Console
+        from rich.live import Live
+
+        return Live(
+            render_rows(self.rows),
+            console=Console(file=self.echo),
+            refresh_per_second=4,
+        )
+
+    def _wait_all(self, display: Any) -> None:
         while not all(t.done for t in self.tasks.values()):
             for task in self.tasks.values():
                 if task.done:
@@ -199,7 +223,11 @@ class ClusterSweep:
                     self._send_stop(task)
                 if task.future.done():
                     self._record(task)
+            if self.live:
+                display.update(render_rows(self.rows))
             time.sleep(POLL_S)
+        if self.live:
+            display.update(render_rows(self.rows))
 
     def _stop_requested(self, task: _Task) -> bool:
         from expfs.sweep import stop_flag_path
@@ -297,6 +325,10 @@ class ClusterSweep:
             experiment = update_experiment(self.store, name, **changes)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(stop_flag_path(self.store, name))
+            row = self.rows.setdefault(name, Row())
+            row.status = experiment.status
+            row.started = row.started or time.monotonic()
+            row.finished = time.monotonic()
             elapsed = (experiment.finished or 0) - (experiment.started or 0)
             why = f": {experiment.error}" if experiment.error else ""
             self._say(name, f"recorded: {experiment.status} in {elapsed:.1f} s{why}")
@@ -304,13 +336,19 @@ class ClusterSweep:
     # -- output ----------------------------------------------------------------
 
     def _output(self, task: _Task, event: tuple[float, Any]) -> None:
-        _, line = event
+        _, message = event
         task.lines += 1
         for name in task.names:
-            self._say(name, str(line))
+            row = self.rows.setdefault(name, Row())
+            if row.started is None:
+                row.status, row.started = STATUS_RUNNING, time.monotonic()
+            if isinstance(message, dict):
+                row.count_stage(str(message.get("stage")), str(message.get("action")))
+            else:
+                self._say(name, str(message))
 
     def _say(self, name: str, text: str) -> None:
-        if self.echo is None:
+        if self.echo is None or self.live:
             return
         with self.echo_lock:
             self.echo.write(f"[{name}] {text}\n")
@@ -344,7 +382,7 @@ def run_on_cluster(
 ) -> list[Experiment]:
     """Create the experiments of a sweep and run each as a task on a Dask cluster."""
     from expfs.cluster.node import push_snapshot
-    from expfs.sweep import STATUS_RUNNING, create_planned, plan_sweep
+    from expfs.sweep import create_planned, plan_sweep
 
     distributed = import_distributed()
     remote = cluster_remote(store)

@@ -27,12 +27,14 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, TextIO
 
+from expfs.cluster import PROGRESS_PREFIX
 from expfs.errors import ExpfsError
 from expfs.store.objects import Store
 from expfs.store.trees import Digest, Kind
+from expfs.sweep import Runner
 
 if TYPE_CHECKING:
     from expfs.remote.transfer import Remote
@@ -141,6 +143,25 @@ class _Unprefixed:
         return False
 
 
+class _ReportingRunner(Runner):
+    """A `Runner` that also prints each stage's progress as a marked line.
+
+    The Dask task turns those lines into progress events, from which the
+    user's side draws its live table.
+    """
+
+    def _on_stage(self, name: str) -> Callable[[str, str], None]:
+        count = super()._on_stage(name)
+
+        def report(stage: str, action: str) -> None:
+            count(stage, action)
+            event = json.dumps({"stage": stage, "action": action})
+            sys.stdout.write(f"{PROGRESS_PREFIX}{event}\n")
+            sys.stdout.flush()
+
+        return report
+
+
 def _watch_stops(stop: threading.Event) -> None:
     """Set `stop` on SIGTERM or when the worker that started us is gone."""
     parent = os.getppid()
@@ -188,7 +209,7 @@ def run_node_experiment(
     from expfs.experiments import remove_experiment
     from expfs.remote.runs import open_remote
     from expfs.remote.transfer import Stats
-    from expfs.sweep import Runner, run_log_path
+    from expfs.sweep import run_log_path
 
     name = node_name(spec["key"])
     base = Digest(spec["base"])
@@ -198,7 +219,8 @@ def run_node_experiment(
     remote.fetch_objects(store, [(Kind.DIRECTORY, base)], Stats())
     prepare_experiment(store, node_dir, name, base, tuple(spec["overrides"]))
 
-    runner = Runner(store, echo=_Unprefixed(name, sys.stdout), stop_event=stop)  # type: ignore[arg-type]
+    echo = _Unprefixed(name, sys.stdout)
+    runner = _ReportingRunner(store, echo=echo, stop_event=stop)  # type: ignore[arg-type]
     experiment = runner.run_one(name)
     fields = {
         "status": experiment.status,

@@ -23,7 +23,7 @@ from typing import Any
 from distributed import Event, get_worker
 from distributed.diagnostics.plugin import WorkerPlugin
 
-from expfs.cluster import WorkerUnfit
+from expfs.cluster import PROGRESS_PREFIX, WorkerUnfit
 
 log = logging.getLogger(__name__)
 
@@ -161,11 +161,23 @@ def run_experiment_task(spec: dict[str, Any]) -> dict[str, Any]:
 def _relay(
     proc: subprocess.Popen[str], worker: Any, topic: str, lines: list[str]
 ) -> None:
+    """Send each output line as an event: text, or a dict for a progress line."""
     assert proc.stdout is not None
     for line in proc.stdout:
         lines.append(line)
-        worker.log_event(topic, line.rstrip("\n"))
+        worker.log_event(topic, _event(line.rstrip("\n")))
     proc.stdout.close()
+
+
+def _event(line: str) -> str | dict[str, str]:
+    if not line.startswith(PROGRESS_PREFIX):
+        return line
+    try:
+        progress = json.loads(line.removeprefix(PROGRESS_PREFIX))
+        return {"stage": str(progress["stage"]), "action": str(progress["action"])}
+    except (ValueError, KeyError, TypeError) as exc:
+        log.warning("invalid progress line from an experiment %r: %s", line, exc)
+        return line
 
 
 def _wait(proc: subprocess.Popen[str], stop: Event) -> int:
@@ -197,7 +209,8 @@ def _read_result(path: str, status: int, lines: list[str]) -> dict[str, Any]:
         with open(path) as f:
             fields: dict[str, Any] = json.load(f)
     except FileNotFoundError:
-        tail = "".join(lines[-5:]).strip() or "no output"
+        text = [line for line in lines if not line.startswith(PROGRESS_PREFIX)]
+        tail = "".join(text[-5:]).strip() or "no output"
         raise TaskCrashed(
             f"the experiment process exited with status {status} without a "
             f"result; its last output: {tail}"

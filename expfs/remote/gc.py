@@ -5,7 +5,7 @@ as a root (`roots/<digest>`), and what this clone's experiments and lock
 file name. Objects below them are kept. Anything else, and any temporary
 upload, is removed only when it is older than the grace period, so an
 upload in flight (objects first, its entry last) is never removed before
-its entry lands.
+its entry lands. Leases that ended before the grace period are removed too.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from expfs.remote.backend import TMP_DIR
 from expfs.remote.entries import InvalidEntry, list_entries, verify_listed
 from expfs.remote.inputs import locked_outputs
+from expfs.remote.lease import ended_lease_files
 from expfs.remote.runs import ROOTS_DIR, experiment_roots, output_roots, repo_root
 from expfs.remote.transfer import OBJECTS_DIR, Remote, object_rel
 from expfs.store.objects import Store
@@ -33,6 +34,7 @@ class GcReport:
     removed: int = 0
     too_new: int = 0
     temporary_removed: int = 0
+    lease_files_removed: int = 0
 
 
 def collect_roots(store: Store, remote: Remote) -> list[tuple[Kind, Digest]]:
@@ -116,4 +118,8 @@ def gc_remote(
             report.temporary_removed += 1
             if not dry_run:
                 remote.backend.delete(rel)
+    for rel in ended_lease_files(remote, cutoff):
+        report.lease_files_removed += 1
+        if not dry_run:
+            remote.backend.delete(rel)
     return report

@@ -295,7 +295,7 @@ class Repro:
             restored = self._try_restore(stage, inputs, started)
             if restored is not None:
                 return restored
-            return self._execute(stage, inputs, no_cache_reason, started)
+            return self._execute_once(stage, inputs, no_cache_reason, started)
 
     def _try_restore(
         self, stage: Stage, inputs: _Inputs, started: float
@@ -545,6 +545,35 @@ class Repro:
             from expfs.remote.runs import remote_record
 
             remote_record(self.store, remote, record)
+
+    def _execute_once(
+        self, stage: Stage, inputs: _Inputs, no_cache_reason: str, started: float
+    ) -> Outcome:
+        """Run a stage under the remote's lease of its run key.
+
+        While another worker holds the lease, wait for it and restore its
+        run instead.
+        """
+        remote = self._remote()
+        if remote is None:
+            return self._execute(stage, inputs, no_cache_reason, started)
+        from expfs.remote.lease import LeaseWaitCancelled, take_turn
+
+        try:
+            turn = take_turn(
+                remote,
+                inputs.key,
+                stage.name,
+                restore=lambda: self._try_restore(stage, inputs, started),
+                cancelled=self.options.cancelled,
+                say=lambda line: print(line, file=self.out, flush=True),
+            )
+        except LeaseWaitCancelled:
+            raise StageStopped(stage.name) from None
+        if turn.restored is not None:
+            return turn.restored
+        with turn:
+            return self._execute(stage, inputs, no_cache_reason, started)
 
 
 def kind_name(kind: int) -> str:
