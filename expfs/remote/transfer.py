@@ -82,6 +82,7 @@ class Stats:
     entries: int = 0
     entries_present: int = 0
     entries_skipped: int = 0
+    experiments: int = 0
     started: float = field(default_factory=time.monotonic)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -100,6 +101,8 @@ class Stats:
         )
         if self.entries_skipped:
             line += f"; {self.entries_skipped} entries skipped (see the warnings)"
+        if self.experiments:
+            line += f"; {verb} {self.experiments} experiment records"
         return line
 
 
