@@ -68,7 +68,10 @@ def register(sub: Any) -> None:
             description=f"{what.capitalize()} a remote the objects that experiments "
             "and expfs.lock reach (all experiments when none is named), and with "
             "--run-cache every run-cache entry and its objects; only what the other "
-            "side lacks is sent.",
+            "side lacks is sent. Push also sends each experiment's record (params, "
+            "metrics, status, snapshots), so that pull can create in another clone "
+            "an experiment by name (NAME@ID when several clones made one of that "
+            "name).",
         )
         p.add_argument("experiments", nargs="*", metavar="EXP", help="experiment names")
         p.add_argument(
@@ -78,6 +81,13 @@ def register(sub: Any) -> None:
             "--run-cache", action="store_true", help="also transfer run-cache entries"
         )
         p.add_argument("-j", "--jobs", type=int, help="parallel transfers (default: 8)")
+        if verb == "pull":
+            p.add_argument(
+                "--all-experiments",
+                action="store_true",
+                help="also create here every experiment the remote has a record "
+                "of and this clone lacks",
+            )
         p.set_defaults(handler=cmd_push if verb == "push" else cmd_pull)
 
     if "gc" not in sub.choices:
@@ -197,7 +207,13 @@ def cmd_pull(args: argparse.Namespace) -> int:
 
     store = _store()
     remote = _open(args, store)
-    stats = pull(store, remote, args.experiments, run_cache=args.run_cache)
+    stats = pull(
+        store,
+        remote,
+        args.experiments,
+        run_cache=args.run_cache,
+        all_experiments=args.all_experiments,
+    )
     print(stats.summary("pulled", f"from {remote.label}"), file=sys.stderr)
     return 0
 

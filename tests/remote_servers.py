@@ -70,9 +70,51 @@ class SshServer:
     user: str
     key_filename: str
     proc: subprocess.Popen[bytes]
+    args: list[str]
+    log: Path
 
     def url(self, path: str) -> str:
         return f"sftp://{self.user}@{LOOPBACK}:{self.port}{path}"
+
+    def stop_with_sessions(self) -> None:
+        """Stop sshd and the session processes it forked, so clients are cut off.
+
+        Each session runs in a child that `setsid()` moved out of sshd's
+        process group, so the children are found through /proc by parent id.
+        """
+        sessions = descendants(self.proc.pid)
+        stop(self.proc)
+        for pid in sessions:
+            try:
+                os.kill(pid, 9)
+            except ProcessLookupError:
+                pass
+
+    def restart(self) -> None:
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(self.args, stdout=out, stderr=out)
+        wait_for_port(self.port, self.proc, self.log)
+
+
+def descendants(pid: int) -> list[int]:
+    """Return the ids of every process below `pid`, read from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry))
+    found: list[int] = []
+    queue = [pid]
+    while queue:
+        for child in children.get(queue.pop(), []):
+            found.append(child)
+            queue.append(child)
+    return found
 
 
 def _sshd_binary() -> str | None:
@@ -111,14 +153,10 @@ def start_sshd(folder: Path) -> SshServer:
     # sshd checks this privilege-separation folder at start-up.
     os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
     port = free_port()
-    sftp_server = next(
-        (
-            p
-            for p in ("/usr/lib/openssh/sftp-server", "/usr/libexec/sftp-server")
-            if os.path.exists(p)
-        ),
-        "internal-sftp",
-    )
+    # internal-sftp serves SFTP inside sshd. An external sftp-server is
+    # started through the user's shell, whose rc files run first and can
+    # block a session (such as pyenv's rehash waiting on its lock file).
+    sftp_server = "internal-sftp"
     config = folder / "sshd_config"
     config.write_text(
         f"Port {port}\nListenAddress {LOOPBACK}\nHostKey {folder}/host_key\n"
@@ -129,14 +167,15 @@ def start_sshd(folder: Path) -> SshServer:
         f"Subsystem sftp {sftp_server}\n"
     )
     log = folder / "sshd.log"
+    args = [sshd, "-D", "-e", "-f", str(config)]
     with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sshd, "-D", "-e", "-f", str(config)], stdout=out, stderr=out
-        )
+        proc = subprocess.Popen(args, stdout=out, stderr=out)
     wait_for_port(port, proc, log)
     import getpass
 
-    return SshServer(port, getpass.getuser(), str(folder / "client_key"), proc)
+    return SshServer(
+        port, getpass.getuser(), str(folder / "client_key"), proc, args, log
+    )
 
 
 # -- SeaweedFS -----------------------------------------------------------------------

@@ -7,8 +7,11 @@ import logging
 import os
 import subprocess
 import sys
+import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -16,9 +19,15 @@ import pytest
 from expfs.remote.backend import RemoteError
 from expfs.remote.config import RemoteConfig
 from expfs.remote.entries import read_entry
-from expfs.remote.runs import default_remote, remote_lookup, remote_record
+from expfs.remote.runs import (
+    default_remote,
+    output_roots,
+    remote_lookup,
+    remote_record,
+)
 from expfs.remote.transfer import CorruptRemoteObject, Remote, Stats, object_rel
 from expfs.store import Store, init_store
+from expfs.store.fsck import fsck
 from expfs.store.lmdbenv import close_environment
 from expfs.store.trees import Kind
 from tests.remote_servers import (
@@ -29,6 +38,7 @@ from tests.remote_servers import (
     seaweedfs,
     sshd,
     start_seaweedfs,
+    start_sshd,
     stop,
 )
 from tests.test_remote import PUSHER, make_run
@@ -207,40 +217,134 @@ def test_password_never_printed(
     assert secret not in caplog.text
 
 
-def test_server_stopped_mid_push(store: Store, tmp_path: Path) -> None:
-    server = start_seaweedfs(tmp_path / "weed")
-    try:
-        record, inputs = make_run(
-            store, tmp_path / "w", {f"f{i}": str(i) * 100 for i in range(12)}
-        )
-        remote = Remote(s3_config(server))
-        remote.jobs = 1
-        uploads = []
-        real = remote.backend.upload_file
+@dataclass
+class StoppableServer:
+    """A server of this test's own, with the remote config that reaches it."""
 
-        def upload_then_stop(*args: object) -> None:
-            uploads.append(args)
-            if len(uploads) == 3:
-                stop(server.proc)
-            real(*args)  # type: ignore[arg-type]
+    config: RemoteConfig
+    stop: Callable[[], None]
+    restart: Callable[[], None]
 
-        remote.backend.upload_file = upload_then_stop  # type: ignore[method-assign]
-        logging.disable(logging.WARNING)
+
+@pytest.fixture(params=["s3", "sftp"])
+def stoppable(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[StoppableServer]:
+    if request.param == "s3":
+        s3 = start_seaweedfs(tmp_path / "weed")
         try:
-            with pytest.raises(RemoteError):
-                remote.push_objects(
-                    store, [(Kind.DIRECTORY, record.outputs[0].digest)], Stats()
-                )
-            assert not remote_record(store, remote, record, inputs)
+            yield StoppableServer(s3_config(s3), lambda: stop(s3.proc), s3.restart)
         finally:
-            logging.disable(logging.NOTSET)
-        server.restart()
-        remote.backend.upload_file = real  # type: ignore[method-assign]
-        assert read_entry(remote, record.key) is None
-        assert remote_record(store, remote, record, inputs)
-        assert read_entry(remote, record.key) is not None
+            stop(s3.proc)
+        return
+    ssh = start_sshd(tmp_path / "sshd")
+    try:
+        config = sftp_config(ssh, tmp_path / "remote")
+        yield StoppableServer(config, ssh.stop_with_sessions, ssh.restart)
     finally:
-        stop(server.proc)
+        ssh.stop_with_sessions()
+
+
+# Enough objects that a transfer at two at a time is still running when
+# the server is stopped after the first STOP_AFTER of them.
+MANY_FILES = {f"f{i:04d}": f"{i}-" * 400 for i in range(1500)}
+STOP_AFTER = 40
+
+
+def stop_midway(
+    work: Callable[[], object], stats: Stats, server: StoppableServer
+) -> BaseException | None:
+    """Run `work` in a thread, stop the server once it has moved STOP_AFTER
+    objects, and return what `work` raised (None if it returned)."""
+    raised: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            work()
+        except BaseException as exc:
+            raised.append(exc)
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    deadline = time.monotonic() + 120
+    while stats.objects < STOP_AFTER and thread.is_alive():
+        assert time.monotonic() < deadline, "the transfer made no progress"
+        time.sleep(0.005)
+    assert thread.is_alive(), "the transfer ended before the server was stopped"
+    server.stop()
+    thread.join(timeout=180)
+    assert not thread.is_alive()
+    return raised[0] if raised else None
+
+
+def test_server_stopped_mid_push(
+    store: Store, tmp_path: Path, stoppable: StoppableServer
+) -> None:
+    record, inputs = make_run(store, tmp_path / "w", MANY_FILES)
+    remote = Remote(stoppable.config)
+    remote.jobs = 2
+    stats = Stats()
+    logging.disable(logging.WARNING)
+    try:
+        error = stop_midway(
+            lambda: remote.push_objects(store, output_roots(record), stats),
+            stats,
+            stoppable,
+        )
+        assert isinstance(error, RemoteError)
+        assert remote.label in error.message
+        assert stats.objects < len(MANY_FILES)
+        # A push through repro's hook warns instead of raising.
+        assert not remote_record(store, remote, record, inputs)
+    finally:
+        logging.disable(logging.NOTSET)
+    stoppable.restart()
+    assert read_entry(remote, record.key) is None
+    assert remote_record(store, remote, record, inputs)
+    entry = read_entry(remote, record.key)
+    assert entry is not None
+    tree = record.outputs[0].digest
+    wanted = [tree, *(e.digest for e in store.get_tree(tree))]
+    assert remote.has_objects(wanted) == set(wanted)
+
+
+def test_server_stopped_mid_pull(
+    store: Store,
+    clone_store: Store,
+    tmp_path: Path,
+    stoppable: StoppableServer,
+) -> None:
+    record, _ = make_run(store, tmp_path / "w", MANY_FILES)
+    remote = Remote(stoppable.config)
+    remote.push_objects(store, output_roots(record), Stats())
+    remote.jobs = 2
+    stats = Stats()
+    logging.disable(logging.WARNING)
+    try:
+        error = stop_midway(
+            lambda: remote.fetch_objects(clone_store, output_roots(record), stats),
+            stats,
+            stoppable,
+        )
+    finally:
+        logging.disable(logging.NOTSET)
+    assert isinstance(error, RemoteError)
+    tree = record.outputs[0].digest
+    assert not clone_store.has_tree(tree)
+    assert os.listdir(clone_store.tmp_dir) == []
+    stored = [name for name, _ in clone_store.iter_blob_files()]
+    assert 0 < len(stored) < len(MANY_FILES)
+    report = fsck(clone_store)
+    assert report.ok, report.problems
+    assert report.reindexed == 0
+    stoppable.restart()
+    again = Stats()
+    remote.fetch_objects(clone_store, output_roots(record), again)
+    assert again.objects == len(MANY_FILES) - len(stored) + 1
+    assert clone_store.has_tree(tree)
+    for entry in clone_store.get_tree(tree):
+        assert clone_store.verify_blob(entry.digest)
+    assert fsck(clone_store).ok
 
 
 PIPELINE = """stages:

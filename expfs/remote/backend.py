@@ -17,13 +17,16 @@ fsspec and the backend packages are imported only when a remote is opened.
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import logging
 import os
 import threading
 import uuid
-from collections.abc import Callable, Iterator
-from typing import Any, BinaryIO, TypeVar
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO, Protocol, TypeVar
 
 from expfs.errors import ExpfsError, UsageError
 from expfs.remote.config import RemoteConfig, url_password
@@ -38,6 +41,10 @@ EXPFS_OPTIONS = ("salt", "entries", "jobs")
 ENTRY_MODES = ("create-only", "append-only")
 TMP_DIR = "tmp"
 CONNECT_TIMEOUT_S = 10
+# S3 objects up to this size are sent in one PUT; larger ones as a multipart
+# upload of PART_BYTES parts, several at once.
+SINGLE_PUT_MAX_BYTES = 16 << 20
+PART_BYTES = 16 << 20
 
 
 class RemoteError(ExpfsError):
@@ -46,6 +53,25 @@ class RemoteError(ExpfsError):
 
 class RemoteFileExists(Exception):
     """A create-only write found the name taken."""
+
+
+class Sink(Protocol):
+    """Where `Backend.get_many` streams one file's bytes."""
+
+    def write(self, chunk: bytes, /) -> object: ...
+
+
+@dataclass
+class Batch:
+    """The outcome of one `get_many` or `put_many` call.
+
+    `done` lists the paths transferred; `errors` maps the failed ones to a
+    `FileNotFoundError` or a `RemoteError`. Paths in neither were not tried,
+    because the batch stops starting transfers after its first network error.
+    """
+
+    done: list[str] = field(default_factory=list)
+    errors: dict[str, BaseException] = field(default_factory=dict)
 
 
 def _typed(value: str) -> Any:
@@ -89,6 +115,8 @@ class Backend:
         self._local = threading.local()
         self._shared_fs: Any = None
         self._lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_size = 0
         fs, root = self._open()
         self.root = root.rstrip("/")
         if self.scheme != "sftp":
@@ -141,6 +169,21 @@ class Backend:
             self._local.fs = fs
         return fs
 
+    def pool(self, jobs: int) -> ThreadPoolExecutor:
+        """Return this remote's thread pool, with at least `jobs` threads.
+
+        One pool serves every transfer, so that its threads keep their
+        connections (one per thread on SFTP) from batch to batch. A task run
+        in the pool must not wait on other tasks of the pool.
+        """
+        with self._lock:
+            if self._pool is None or self._pool_size < jobs:
+                if self._pool is not None:
+                    self._pool.shutdown(wait=False)
+                self._pool = ThreadPoolExecutor(jobs, thread_name_prefix="remote")
+                self._pool_size = jobs
+            return self._pool
+
     def redact(self, text: str) -> str:
         """Remove the URL's password from a message, wherever it appears."""
         if self._password:
@@ -157,6 +200,10 @@ class Backend:
         except (FileNotFoundError, RemoteFileExists, ExpfsError):
             raise
         except Exception as exc:
+            if self.scheme == "sftp":
+                # The connection may be dead (server restarted): the next
+                # call on this thread opens a new one.
+                self._local.fs = None
             detail = self.redact(f"{type(exc).__name__}: {exc}")
             raise RemoteError(
                 f"{what} on remote {self.label} failed: {detail}"
@@ -186,9 +233,13 @@ class Backend:
     def list_names(self, rel_dir: str) -> list[str]:
         """Return the names in a folder (or under an S3 prefix); [] when absent."""
 
+        # s3fs caches listings per instance, and writes made through
+        # `_call_s3` do not invalidate them, so S3 listings are always fresh.
+        fresh = {"refresh": True} if self.scheme in ("s3", "s3a") else {}
+
         def names() -> list[str]:
             try:
-                found = self.fs.ls(self.path(rel_dir), detail=False)
+                found = self.fs.ls(self.path(rel_dir), detail=False, **fresh)
             except FileNotFoundError:
                 return []
             return sorted(os.path.basename(str(p).rstrip("/")) for p in found)
@@ -210,6 +261,229 @@ class Backend:
             name = str(name)
             rel = name[len(prefix) :] if name.startswith(prefix) else name
             yield rel, _mtime(info)
+
+    # -- bulk transfers --------------------------------------------------------
+
+    def _async_s3(self) -> bool:
+        return self.scheme in ("s3", "s3a") and hasattr(self.fs, "_call_s3")
+
+    def remote_error(self, what: str, exc: BaseException) -> RemoteError:
+        detail = self.redact(f"{type(exc).__name__}: {exc}")
+        return RemoteError(f"{what} on remote {self.label} failed: {detail}")
+
+    def get_many(
+        self,
+        rels: Sequence[str],
+        open_sink: Callable[[str], Sink],
+        finish: Callable[[str], bool],
+        jobs: int,
+    ) -> Batch:
+        """Stream each file of `rels` into the sink that `open_sink(rel)` returns.
+
+        Up to `jobs` files are read at once: on S3 as concurrent requests on
+        s3fs's event loop, one GET per file and no HEAD before it, elsewhere
+        in a thread pool. `open_sink` is called once the file is found, and
+        `finish(rel)` once it is read; a path counts as done only when
+        `finish` returns True. Both run in the event loop's thread on S3, so
+        they must not block for long. They raise only `ExpfsError`, which
+        stops the batch and is raised here once the requests in flight end.
+        """
+        if self._async_s3():
+            from fsspec.asyn import sync
+
+            batch: Batch = sync(
+                self.fs.loop, self._get_many_s3, rels, open_sink, finish, jobs
+            )
+            return batch
+
+        def get(rel: str) -> bool:
+            self._get_one(rel, open_sink)
+            return finish(rel)
+
+        return self._in_pool(rels, get, jobs)
+
+    def _get_one(self, rel: str, open_sink: Callable[[str], Sink]) -> None:
+        def copy() -> None:
+            with self.open_read(rel) as src:
+                sink = open_sink(rel)
+                while chunk := src.read(CHUNK_BYTES):
+                    sink.write(chunk)
+
+        self.call(f"downloading {rel}", copy)
+
+    async def _get_many_s3(
+        self,
+        rels: Sequence[str],
+        open_sink: Callable[[str], Sink],
+        finish: Callable[[str], bool],
+        jobs: int,
+    ) -> Batch:
+        fs = self.fs
+        batch = Batch()
+        gate = asyncio.Semaphore(jobs)
+        fatal: list[BaseException] = []
+
+        async def get(rel: str) -> None:
+            async with gate:
+                if fatal or batch.errors:
+                    return
+                bucket, key, _ = fs.split_path(self.path(rel))
+                try:
+                    response = await fs._call_s3("get_object", Bucket=bucket, Key=key)
+                    body = response["Body"]
+                    try:
+                        sink = open_sink(rel)
+                        while chunk := await body.read(CHUNK_BYTES):
+                            sink.write(chunk)
+                    finally:
+                        body.close()
+                except FileNotFoundError as exc:
+                    batch.errors[rel] = exc
+                    return
+                except ExpfsError as exc:
+                    fatal.append(exc)
+                    return
+                except Exception as exc:
+                    batch.errors[rel] = self.remote_error(f"downloading {rel}", exc)
+                    return
+                try:
+                    if finish(rel):
+                        batch.done.append(rel)
+                except ExpfsError as exc:
+                    fatal.append(exc)
+
+        await asyncio.gather(*(get(rel) for rel in rels))
+        if fatal:
+            raise fatal[0]
+        return batch
+
+    def put_many(
+        self,
+        files: Sequence[tuple[str, str, str]],
+        finish: Callable[[str], object],
+        jobs: int,
+    ) -> Batch:
+        """Publish local files, given as (local path, rel, digest), `jobs` at a time.
+
+        Each file is checked against its digest before it is sent, and a name
+        that is already taken counts as done (objects are named by digest).
+        `finish(rel)` is called as each file is published. The batch is keyed
+        by `rel`. On S3 the requests run concurrently on s3fs's event loop,
+        elsewhere in a thread pool.
+        """
+        if self._async_s3():
+            from fsspec.asyn import sync
+
+            try:
+                batch: Batch = sync(
+                    self.fs.loop, self._put_many_s3, files, finish, jobs
+                )
+            finally:
+                # Direct `put_object` calls leave s3fs's listing cache stale.
+                self.fs.invalidate_cache()
+            return batch
+        by_rel = {rel: (path, digest) for path, rel, digest in files}
+
+        def upload(rel: str) -> bool:
+            path, digest = by_rel[rel]
+            self.upload_file(path, rel, digest)
+            finish(rel)
+            return True
+
+        return self._in_pool(list(by_rel), upload, jobs)
+
+    async def _put_many_s3(
+        self,
+        files: Sequence[tuple[str, str, str]],
+        finish: Callable[[str], object],
+        jobs: int,
+    ) -> Batch:
+        batch = Batch()
+        gate = asyncio.Semaphore(jobs)
+        fatal: list[BaseException] = []
+
+        async def put(local_path: str, rel: str, digest: str) -> None:
+            async with gate:
+                if fatal or batch.errors:
+                    return
+                try:
+                    await self._put_one_s3(local_path, rel, digest)
+                except ExpfsError as exc:
+                    fatal.append(exc)
+                except Exception as exc:
+                    batch.errors[rel] = self.remote_error(f"uploading {rel}", exc)
+                else:
+                    finish(rel)
+                    batch.done.append(rel)
+
+        await asyncio.gather(*(put(*file) for file in files))
+        if fatal:
+            raise fatal[0]
+        return batch
+
+    async def _put_one_s3(self, local_path: str, rel: str, digest: str) -> None:
+        fs = self.fs
+        size = os.path.getsize(local_path)
+        if size > SINGLE_PUT_MAX_BYTES:
+            await asyncio.to_thread(_check_local, local_path, digest)
+            await fs._put_file(local_path, self.path(rel), chunksize=PART_BYTES)
+            return
+        # Read once, then hash and send the same bytes.
+        with open(local_path, "rb") as f:
+            data = f.read()
+        if new_hasher(size).update(data).hexdigest() != digest:
+            from expfs.errors import CorruptObject
+
+            raise CorruptObject(digest, local_path, "found while uploading it")
+        bucket, key, _ = fs.split_path(self.path(rel))
+        await fs._call_s3("put_object", Bucket=bucket, Key=key, Body=data)
+
+    def _in_pool(
+        self, rels: Sequence[str], fn: Callable[[str], bool], jobs: int
+    ) -> Batch:
+        """Call `fn` on each path in a thread pool; True from it means done."""
+        batch = Batch()
+        lock = threading.Lock()
+        fatal: list[BaseException] = []
+
+        def run(rel: str) -> None:
+            with lock:
+                if fatal or batch.errors:
+                    return
+            try:
+                done = fn(rel)
+            except FileNotFoundError as exc:
+                outcome: BaseException | None = exc
+            except (RemoteError, ConnectionError, TimeoutError) as exc:
+                outcome = exc
+            except ExpfsError as exc:
+                with lock:
+                    fatal.append(exc)
+                return
+            except OSError as exc:
+                # file:// remotes raise plain OSError; other local errors
+                # arrive wrapped in an ExpfsError.
+                outcome = self.remote_error(f"transferring {rel}", exc)
+            except BaseException as exc:
+                with lock:
+                    fatal.append(exc)
+                return
+            else:
+                outcome = None
+            with lock:
+                if outcome is not None:
+                    batch.errors[rel] = outcome
+                elif done:
+                    batch.done.append(rel)
+
+        if jobs <= 1 or len(rels) <= 1:
+            for rel in rels:
+                run(rel)
+        else:
+            list(self.pool(jobs).map(run, rels))
+        if fatal:
+            raise fatal[0]
+        return batch
 
     # -- writes ------------------------------------------------------------------
 

@@ -69,7 +69,7 @@ def _fetch_from(store: Store, remote: Remote, digests: list[str]) -> None:
     log.info(
         "fetching %d blobs restored lazily from remote %s", len(digests), remote.label
     )
-    remote.parallel(lambda d: stats.add(remote.download_blob(store, d)), digests)
+    remote.download_blobs(store, digests, stats)
     log.info("%s", stats.summary("fetched", remote.label))
 
 

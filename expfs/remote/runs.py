@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from expfs.errors import CorruptObject, ExpfsError, MissingObject, UsageError
 from expfs.remote.backend import RemoteError
@@ -39,6 +39,9 @@ from expfs.runcache import RunCache, RunRecord
 from expfs.store.lazy import mark_lazy_blob
 from expfs.store.objects import Store
 from expfs.store.trees import Digest, Kind
+
+if TYPE_CHECKING:
+    from expfs.experiments import Experiment
 
 log = logging.getLogger(__name__)
 decisions = logging.getLogger("expfs.runcache.decisions")
@@ -201,13 +204,24 @@ def repo_root(store: Store) -> str:
 
 
 def experiment_roots(store: Store, names: Sequence[str]) -> list[tuple[Kind, Digest]]:
-    """Return the base snapshots of the named experiments (all when none named)."""
+    """Return the base and result snapshots of the named experiments (all when
+    none named)."""
+    return [root for e in _experiments(store, names) for root in _roots_of(e)]
+
+
+def _experiments(store: Store, names: Sequence[str]) -> list[Experiment]:
     from expfs.experiments import get_experiment, list_experiments
 
-    found = (
-        [get_experiment(store, n) for n in names] if names else list_experiments(store)
-    )
-    return [(Kind.DIRECTORY, e.base) for e in found]
+    if names:
+        return [get_experiment(store, n) for n in names]
+    return list_experiments(store)
+
+
+def _roots_of(experiment: Experiment) -> list[tuple[Kind, Digest]]:
+    roots = [(Kind.DIRECTORY, experiment.base)]
+    if experiment.result:
+        roots.append((Kind.DIRECTORY, Digest(experiment.result)))
+    return roots
 
 
 def push(
@@ -219,7 +233,8 @@ def push(
             f"remote {remote.label} is read-only: push to another remote with -r NAME"
         )
     stats = Stats()
-    roots = experiment_roots(store, experiments)
+    pushed = _experiments(store, experiments)
+    roots = [root for e in pushed for root in _roots_of(e)]
     if not experiments:
         roots += [(Kind(k), d) for k, d in locked_outputs(repo_root(store))]
     roots = [(k, d) for k, d in roots if _local(store, k, d)]
@@ -227,9 +242,31 @@ def push(
     for kind, digest in roots:
         if kind == Kind.DIRECTORY:
             _mark_root(remote, digest)
+    _push_records(remote, pushed, set(roots), stats)
     if run_cache:
         _push_entries(store, remote, stats)
     return stats
+
+
+def _push_records(
+    remote: Remote,
+    experiments: Sequence[Experiment],
+    pushed_roots: set[tuple[Kind, Digest]],
+    stats: Stats,
+) -> None:
+    """Push the record of each experiment whose snapshots are on the remote."""
+    from expfs.remote.records import push_record
+
+    for experiment in experiments:
+        if not set(_roots_of(experiment)) <= pushed_roots:
+            log.warning(
+                "record of experiment %s not pushed: its snapshots are not all "
+                "in the local store",
+                experiment.name,
+            )
+            continue
+        if push_record(remote, experiment):
+            stats.experiments += 1
 
 
 def _local(store: Store, kind: Kind, digest: str) -> bool:
@@ -286,11 +323,24 @@ def _push_entries(store: Store, remote: Remote, stats: Stats) -> None:
 
 
 def pull(
-    store: Store, remote: Remote, experiments: Sequence[str], *, run_cache: bool
+    store: Store,
+    remote: Remote,
+    experiments: Sequence[str],
+    *,
+    run_cache: bool,
+    all_experiments: bool = False,
 ) -> Stats:
-    """Pull experiments' objects, the lock file's outputs and, optionally, the run-cache."""
+    """Pull experiments' objects, the lock file's outputs and, optionally, the run-cache.
+
+    A named experiment that only the remote has (pushed by another clone) is
+    created here from its record; with `all_experiments`, every one is.
+    """
+    from expfs.remote.records import pull_records, split_uid
+
     stats = Stats()
-    roots = experiment_roots(store, experiments)
+    pull_records(store, remote, experiments, stats, every=all_experiments)
+    names = [split_uid(name)[0] for name in experiments]
+    roots = experiment_roots(store, names)
     if not experiments:
         roots += [(Kind(k), d) for k, d in locked_outputs(repo_root(store))]
     remote.fetch_objects(store, roots, stats)

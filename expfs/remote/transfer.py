@@ -20,15 +20,14 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import BinaryIO, TypeVar
 
 from expfs.errors import ExpfsError
-from expfs.remote.backend import Backend, RemoteError, RemoteFileExists
+from expfs.remote.backend import Backend, Batch, RemoteError, RemoteFileExists
 from expfs.remote.config import RemoteConfig
 from expfs.store.lazy import clear_marks, lazy_mark, put_lazy_trees
-from expfs.store.objects import CHUNK_BYTES, Store, new_hasher
+from expfs.store.objects import Store, new_hasher
 from expfs.store.trees import Digest, Kind, TreeFormatError, decode_tree, tree_digest
 
 log = logging.getLogger(__name__)
@@ -42,6 +41,9 @@ DEFAULT_JOBS = 8
 # Above this many digests, existence is checked by listing shard folders
 # (at most 256 requests) instead of one request per object.
 LIST_THRESHOLD = 64
+# Downloaded blobs are fsynced, renamed into place and indexed this many at
+# a time.
+INSTALL_BATCH = 2000
 
 
 class CorruptRemoteObject(ExpfsError):
@@ -96,6 +98,7 @@ class Stats:
     entries: int = 0
     entries_present: int = 0
     entries_skipped: int = 0
+    experiments: int = 0
     started: float = field(default_factory=time.monotonic)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -114,6 +117,8 @@ class Stats:
         )
         if self.entries_skipped:
             line += f"; {self.entries_skipped} entries skipped (see the warnings)"
+        if self.experiments:
+            line += f"; {verb} {self.experiments} experiment records"
         return line
 
 
@@ -200,19 +205,19 @@ class Remote:
             for item in items:
                 fn(item)
             return
-        with ThreadPoolExecutor(min(self.jobs, len(items))) as pool:
-            futures = [pool.submit(fn, item) for item in items]
-            errors: list[BaseException] = []
-            for future in futures:
-                if future.cancelled():
-                    continue
-                exc = future.exception()
-                if exc is not None:
-                    errors.append(exc)
-                    for other in futures:
-                        other.cancel()
-            if errors:
-                raise errors[0]
+        pool = self.backend.pool(self.jobs)
+        futures = [pool.submit(fn, item) for item in items]
+        errors: list[BaseException] = []
+        for future in futures:
+            if future.cancelled():
+                continue
+            exc = future.exception()
+            if exc is not None:
+                errors.append(exc)
+                for other in futures:
+                    other.cancel()
+        if errors:
+            raise errors[0]
 
     def has_objects(self, digests: Iterable[str]) -> set[str]:
         """Return the digests among `digests` that the remote holds."""
@@ -231,7 +236,12 @@ class Remote:
 
             self.parallel(check, wanted)
             return found
-        shards = sorted({d[:2] for d in wanted})
+        # One listing of `objects/` names the shards that exist, so a new or
+        # small remote costs one request instead of up to 256.
+        existing = set(
+            self.retry("listing objects", lambda: self.backend.list_names(OBJECTS_DIR))
+        )
+        shards = sorted({d[:2] for d in wanted} & existing)
         names: set[str] = set()
         lock = threading.Lock()
 
@@ -260,15 +270,15 @@ class Remote:
         total = len(blobs) + sum(len(t) for t in trees_by_depth)
         progress = Progress("pushing", stats, total, self.show_progress)
 
-        def upload_blob(digest: str) -> None:
-            path = store.blob_path(digest)
-            size = os.path.getsize(path)
-            self.retry(
-                "uploading an object",
-                lambda: self.backend.upload_file(path, object_rel(digest), digest),
-            )
-            stats.add(size)
+        def uploaded(rel: str) -> None:
+            stats.add(os.path.getsize(store.blob_path(_digest_of(rel))))
             progress.update()
+
+        def upload_blobs(pending: list[str]) -> Batch:
+            files = [
+                (store.blob_path(_digest_of(r)), r, _digest_of(r)) for r in pending
+            ]
+            return self.backend.put_many(files, uploaded, self.jobs)
 
         def upload_tree(digest: str) -> None:
             data = store.tree_bytes(digest)
@@ -284,7 +294,7 @@ class Remote:
             progress.update()
 
         try:
-            self.parallel(upload_blob, blobs)
+            self.in_rounds("uploading", [object_rel(d) for d in blobs], upload_blobs)
             # Deepest trees first, so a tree is published after its subtrees.
             for level in reversed(trees_by_depth):
                 self.parallel(upload_tree, level)
@@ -324,6 +334,46 @@ class Remote:
                 trees_by_depth.append(trees)
             level = below
         return blobs, trees_by_depth
+
+    # -- rounds ----------------------------------------------------------------
+
+    def in_rounds(
+        self, verb: str, rels: Sequence[str], transfer: Callable[[list[str]], Batch]
+    ) -> None:
+        """Call `transfer` on the paths not yet done until every one is done.
+
+        A batch stops at its first network error; the paths it did not finish
+        go into the next round, after a pause. `ATTEMPTS` rounds in a row
+        that finish nothing raise that error. A path that is not on the
+        remote raises `RemoteObjectMissing` at once.
+        """
+        pending = list(rels)
+        idle_rounds = 0
+        while pending:
+            batch = transfer(pending)
+            for rel, exc in sorted(batch.errors.items()):
+                if isinstance(exc, FileNotFoundError):
+                    raise RemoteObjectMissing(_digest_of(rel), self.label)
+            done = set(batch.done)
+            pending = [rel for rel in pending if rel not in done]
+            if not batch.errors:
+                continue
+            idle_rounds = 0 if done else idle_rounds + 1
+            error = next(iter(batch.errors.values()))
+            if idle_rounds >= ATTEMPTS:
+                raise error
+            log.warning(
+                "%s %d objects on remote %s failed (%d left, attempt %d of %d), "
+                "retrying: %s",
+                verb,
+                len(rels),
+                self.label,
+                len(pending),
+                idle_rounds + 1,
+                ATTEMPTS,
+                error,
+            )
+            time.sleep(RETRY_DELAY_S * 2**idle_rounds)
 
     # -- pull ------------------------------------------------------------------
 
@@ -371,13 +421,8 @@ class Remote:
                         seen.add(entry.digest)
                         below[entry.digest] = entry.kind
             level = below
-        progress = Progress("pulling", stats, len(wanted_blobs), self.show_progress)
-        try:
-            self.parallel(
-                lambda d: stats.add(self.download_blob(store, d)), wanted_blobs
-            )
-        finally:
-            progress.close()
+        if wanted_blobs:
+            self.download_blobs(store, wanted_blobs, stats)
         if fetched_trees:
             if blobs:
                 store.put_trees(fetched_trees)
@@ -389,73 +434,183 @@ class Remote:
 
     def _download_trees(self, digests: Sequence[str]) -> list[tuple[Digest, bytes]]:
         found: list[tuple[Digest, bytes]] = []
-        lock = threading.Lock()
 
-        def fetch(digest: str) -> None:
-            data = self._download_verified(digest, self._read_tree)
-            with lock:
-                found.append((Digest(digest), data))
+        def keep(digest: str, sink: _Sink) -> None:
+            found.append((Digest(digest), sink.data()))
 
-        self.parallel(fetch, digests)
+        self._download_verified(digests, lambda: _Sink(None), keep)
         return sorted(found)
 
-    def _read_tree(self, digest: str) -> bytes | None:
-        """Return a tree's bytes, or None when they do not match `digest`."""
-        data = self.backend.read_bytes(object_rel(digest))
-        if tree_digest(data) != digest:
-            return None
+    def download_blobs(
+        self, store: Store, digests: Sequence[str], stats: Stats
+    ) -> None:
+        """Download blobs into the local store, each verified before it is stored.
+
+        Each download is hashed while it streams into a temporary file in the
+        store's `tmp/`. The files that match their digest are fsynced and
+        renamed into place `INSTALL_BATCH` at a time, and each batch is
+        indexed in one transaction. A blob that does not match is downloaded again
+        and never stored.
+        """
+        progress = Progress("pulling", stats, len(digests), self.show_progress)
         try:
-            decode_tree(data)
-        except TreeFormatError:
-            return None
-        return data
+            for start in range(0, len(digests), INSTALL_BATCH):
+                batch = digests[start : start + INSTALL_BATCH]
+                self._download_batch(store, batch, stats, progress)
+        finally:
+            progress.close()
+
+    def _download_batch(
+        self, store: Store, digests: Sequence[str], stats: Stats, progress: Progress
+    ) -> None:
+        staged: list[tuple[str, Digest, int]] = []
+
+        def stage(digest: str, sink: _Sink) -> None:
+            staged.append((sink.close(), Digest(digest), sink.size))
+            stats.add(sink.size)
+            progress.update()
+
+        try:
+            self._download_verified(digests, lambda: _Sink(store.tmp_dir), stage)
+        finally:
+            # Verified blobs are kept even when the batch failed, so that the
+            # next pull does not download them again.
+            store.install_verified(staged)
 
     def download_blob(self, store: Store, digest: str) -> int:
         """Download one blob into the local store, verified; return its size."""
+        sizes: list[int] = []
 
-        def attempt(_: str) -> int | None:
-            temp = os.path.join(store.tmp_dir, f"remote-{uuid.uuid4().hex}")
+        def install(found: str, sink: _Sink) -> None:
+            store.install_verified([(sink.close(), Digest(found), sink.size)])
+            sizes.append(sink.size)
+
+        self._download_verified([digest], lambda: _Sink(store.tmp_dir), install)
+        return sizes[0]
+
+    def _download_verified(
+        self,
+        digests: Sequence[str],
+        new_sink: Callable[[], _Sink],
+        accept: Callable[[str, _Sink], None],
+    ) -> None:
+        """Stream objects into sinks and pass each one that matches its digest.
+
+        A download that does not hash to its name is dropped and tried again;
+        after `ATTEMPTS` mismatches of one object `CorruptRemoteObject` is
+        raised. Every sink that was not accepted is discarded.
+        """
+        mismatches: dict[str, int] = {}
+
+        def transfer(pending: list[str]) -> Batch:
+            sinks: dict[str, _Sink] = {}
+
+            def open_sink(rel: str) -> _Sink:
+                sinks[rel] = new_sink()
+                return sinks[rel]
+
+            def finish(rel: str) -> bool:
+                digest = _digest_of(rel)
+                sink = sinks.pop(rel)
+                if sink.matches(digest):
+                    accept(digest, sink)
+                    return True
+                sink.discard()
+                self._mismatch(digest, mismatches)
+                return False
+
             try:
-                size = self.backend.call(
-                    f"downloading object {digest}",
-                    lambda: self._stream_to(temp, digest),
-                )
-                if size is None:
-                    return None
-                store.put_file(temp, move=True)
-                return size
+                return self.backend.get_many(pending, open_sink, finish, self.jobs)
             finally:
-                if os.path.exists(temp):
-                    os.unlink(temp)
+                for sink in sinks.values():
+                    sink.discard()
 
-        return self._download_verified(digest, attempt)
+        self.in_rounds("downloading", [object_rel(d) for d in digests], transfer)
 
-    def _stream_to(self, temp: str, digest: str) -> int | None:
-        """Copy an object into `temp`, hashing it; None when it does not match."""
-        hasher = new_hasher()
-        size = 0
-        with self.backend.open_read(object_rel(digest)) as src, open(temp, "xb") as dst:
-            while chunk := src.read(CHUNK_BYTES):
-                hasher.update(chunk)
-                dst.write(chunk)
-                size += len(chunk)
-            dst.flush()
-            os.fsync(dst.fileno())
-        return size if hasher.hexdigest() == digest else None
+    def _mismatch(self, digest: str, mismatches: dict[str, int]) -> None:
+        mismatches[digest] = number = mismatches.get(digest, 0) + 1
+        log.warning(
+            "object %s from remote %s does not hash to its name (download %d of %d)",
+            digest,
+            self.label,
+            number,
+            ATTEMPTS,
+        )
+        if number >= ATTEMPTS:
+            raise CorruptRemoteObject(digest, self.label)
 
-    def _download_verified(self, digest: str, attempt: Callable[[str], T | None]) -> T:
-        for number in range(1, ATTEMPTS + 1):
+
+def _digest_of(rel: str) -> str:
+    return rel.rsplit("/", 1)[-1]
+
+
+class StoreWriteError(ExpfsError):
+    """A download could not be written to the local store."""
+
+
+class _Sink:
+    """One download, hashed while it is written to `tmp/` (or kept in memory).
+
+    A tree (folder None) stays in memory and must also decode. A blob goes
+    to a new file in the store's temporary folder, which the caller renames
+    into place or discards.
+    """
+
+    def __init__(self, folder: str | None) -> None:
+        self.hasher = new_hasher()
+        self.size = 0
+        self.path = (
+            None
+            if folder is None
+            else os.path.join(folder, f"remote-{uuid.uuid4().hex}")
+        )
+        self.file: BinaryIO | None = None
+        self.chunks: list[bytes] = []
+        if self.path is not None:
             try:
-                result = self.retry("downloading an object", lambda: attempt(digest))
+                self.file = open(self.path, "xb")
+            except OSError as exc:
+                raise StoreWriteError(
+                    f"cannot create {self.path} for a download: {exc}"
+                ) from None
+
+    def write(self, chunk: bytes) -> None:
+        self.hasher.update(chunk)
+        self.size += len(chunk)
+        if self.file is None:
+            self.chunks.append(chunk)
+            return
+        try:
+            self.file.write(chunk)
+        except OSError as exc:
+            raise StoreWriteError(
+                f"writing a download to {self.path} failed: {exc}"
+            ) from None
+
+    def data(self) -> bytes:
+        return b"".join(self.chunks)
+
+    def matches(self, digest: str) -> bool:
+        if self.hasher.hexdigest() != digest:
+            return False
+        if self.file is None:
+            try:
+                decode_tree(self.data())
+            except TreeFormatError:
+                return False
+        return True
+
+    def close(self) -> str:
+        """Close the file and return its path (blobs only)."""
+        assert self.file is not None and self.path is not None
+        self.file.close()
+        return self.path
+
+    def discard(self) -> None:
+        if self.file is not None:
+            self.file.close()
+        if self.path is not None:
+            try:
+                os.unlink(self.path)
             except FileNotFoundError:
-                raise RemoteObjectMissing(digest, self.label) from None
-            if result is not None:
-                return result
-            log.warning(
-                "object %s from remote %s does not hash to its name (download %d of %d)",
-                digest,
-                self.label,
-                number,
-                ATTEMPTS,
-            )
-        raise CorruptRemoteObject(digest, self.label)
+                pass

@@ -281,6 +281,23 @@ class Store:
         self._install_many(staged)
         return [digest for _, digest, _ in staged]
 
+    def install_verified(self, staged: Sequence[tuple[str, Digest, int]]) -> None:
+        """Store files in `tmp/` that the caller hashed while writing them.
+
+        `staged` contains (temporary path, digest, size in bytes) for files
+        written under `tmp_dir`, each already checked against its digest
+        (a download hashed while it streamed). They are fsynced together,
+        renamed into place, and indexed in one transaction, as in
+        `put_files`. On an error before the renames every file is removed.
+        """
+        try:
+            _in_threads(_fsync_file, [temp for temp, _, _ in staged])
+        except BaseException:
+            for temp, _, _ in staged:
+                _unlink_if_present(temp)
+            raise
+        self._install_many(staged)
+
     def _install_many(self, staged: Sequence[tuple[str, Digest, int]]) -> None:
         """Rename fsynced temporary files into place and index them at once."""
         shards: set[str] = set()
