@@ -46,8 +46,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+def main(
+    argv: Sequence[str] | None = None, parser: argparse.ArgumentParser | None = None
+) -> int:
+    """Run the `expfs` command `argv`; return its exit status.
+
+    Run as the `expfs` program (no `argv`), the commands that mount run in
+    the expfs server, which has their imports done (see `expfs_cli.server`).
+    """
+    if argv is None:
+        from expfs_cli import server
+
+        if server.served(sys.argv[1:]):
+            code = server.run_in_server(sys.argv[1:])
+            if code is not None:
+                return code
+    parser = parser or build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()

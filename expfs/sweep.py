@@ -42,7 +42,7 @@ from expfs.store import layout
 from expfs.store.objects import Store
 
 if TYPE_CHECKING:
-    from expfs.fuse.launcher import Launcher
+    from expfs.fuse.launcher import AnyLauncher
 from expfs.store.trees import Digest
 
 log = logging.getLogger(__name__)
@@ -274,7 +274,7 @@ class Runner:
         self.stop_event = self.stop_event or threading.Event()
         self.echo_lock = threading.Lock()
         self.rows: dict[str, Row] = {}
-        self.launcher: Launcher | None = None
+        self.launcher: AnyLauncher | None = None
         self.live = self.echo is not None and self.echo.isatty()
 
     def _on_stage(self, name: str) -> Callable[[str, str], None]:
@@ -318,10 +318,10 @@ class Runner:
         assert self.stop_event is not None
         for name in names:
             self.rows[name] = Row()
-        from expfs.fuse.launcher import Launcher
+        from expfs.fuse.launcher import open_launcher
 
         if self.launcher is None:
-            self.launcher = Launcher(self.store.root)
+            self.launcher = open_launcher(self.store.root)
         try:
             return self._run_all(names)
         finally:
@@ -567,7 +567,7 @@ def run_experiments(
 ) -> list[Experiment]:
     """Create the experiments of a sweep and run them (or only queue them)."""
     max_experiments = max_experiments or MAX_EXPERIMENTS
-    from expfs.fuse.launcher import Launcher
+    from expfs.fuse.launcher import open_launcher
 
     repo = repo_root(store)
     runner = Runner(
@@ -575,7 +575,7 @@ def run_experiments(
     )
     if not queue:
         # The launcher imports the daemon while the base is snapshotted.
-        runner.launcher = Launcher(store.root)
+        runner.launcher = open_launcher(store.root)
     try:
         base = snapshot_base(store, repo)
         plans = plan_sweep(store, overrides, name, base, max_experiments)

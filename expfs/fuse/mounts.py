@@ -19,7 +19,7 @@ from typing import Any
 
 from expfs.errors import ExpfsError
 from expfs.fuse import control
-from expfs.fuse.launcher import ForkedDaemon, Launcher
+from expfs.fuse.launcher import AnyLauncher, ForkedDaemon
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ def start_mount(
     name: str,
     mountpoint: str | None = None,
     allow_other: bool = False,
-    launcher: Launcher | None = None,
+    launcher: AnyLauncher | None = None,
 ) -> str:
     """Start a daemon serving experiment `name`; return its mount point.
 
