@@ -245,10 +245,7 @@ def declared_paths(repo: str) -> list[bytes]:
                 candidates.update(d.workspace_path for d in stage.deps)
                 candidates.update(p.workspace_path for p in stage.params)
                 candidates.update(o.workspace_path for o in stage.outs)
-    for dvc_file in Path(repo).rglob("*.dvc"):
-        if ".expfs" in dvc_file.parts or ".git" in dvc_file.parts:
-            continue
-        candidates.add(os.path.relpath(dvc_file.with_suffix(""), repo))
+    candidates.update(_dvc_tracked_paths(repo))
     existing = [p for p in sorted(candidates) if os.path.lexists(os.path.join(repo, p))]
     if not existing:
         return []
@@ -258,6 +255,22 @@ def declared_paths(repo: str) -> list[bytes]:
         capture_output=True,
     )
     return [p for p in proc.stdout.split(b"\0") if p]
+
+
+def _dvc_tracked_paths(repo: str) -> list[str]:
+    """Return the paths that `.dvc` files track, relative to `repo`.
+
+    The walk skips `.git`, `.expfs` and DVC's `.dvc` folder, whose object
+    caches are the largest trees in a repository and hold no `.dvc` files.
+    """
+    found = []
+    for folder, dirs, files in os.walk(repo):
+        dirs[:] = [d for d in dirs if d not in (".git", ".expfs", ".dvc")]
+        for name in files:
+            if name.endswith(".dvc") and name != ".dvc":
+                path = os.path.join(folder, name.removesuffix(".dvc"))
+                found.append(os.path.relpath(path, repo))
+    return found
 
 
 def remove_experiment(store: Store, name: str) -> None:
