@@ -393,14 +393,17 @@ class Runner:
         self._say(
             name, f"started ({', '.join(experiment.overrides) or 'no overrides'})"
         )
-        status, error, changes = STATUS_FAILED, "", {}
+        status, error = STATUS_FAILED, ""
+        # Params are known once the overrides are applied, so a run that
+        # fails or stops afterwards still records them.
+        changes: dict[str, Any] = {}
         with open(run_log_path(self.store, name), "w") as log_file:
             echo = None if self.live else self.echo
             output = _PrefixedOutput(name, log_file, echo, self.echo_lock)
             mountpoint = None
             try:
                 mountpoint = start_mount(self.store, name, launcher=self.launcher)
-                changes = self._run_in_mount(experiment, mountpoint, output)
+                self._run_in_mount(experiment, mountpoint, output, changes)
                 status = STATUS_SUCCESS
             except StageStopped as exc:
                 status, error = STATUS_STOPPED, exc.message
@@ -449,8 +452,13 @@ class Runner:
         return lambda: event.is_set() or os.path.exists(flag)
 
     def _run_in_mount(
-        self, experiment: Experiment, mountpoint: str, output: _PrefixedOutput
-    ) -> dict[str, Any]:
+        self,
+        experiment: Experiment,
+        mountpoint: str,
+        output: _PrefixedOutput,
+        changes: dict[str, Any],
+    ) -> None:
+        """Run the pipeline in the mount; put params, metrics and result in `changes`."""
         from expfs.fuse.control import ControlClient
         from expfs.pipeline.overrides import apply_overrides, parse_override
         from expfs.repro.engine import Options, Repro
@@ -466,12 +474,15 @@ class Runner:
                 on_stage=self._on_stage(experiment.name),
                 no_remote=self.no_remote,
             )
-            repro = Repro(self.store, place, options=options, out=output)  # type: ignore[arg-type]
+            try:
+                repro = Repro(self.store, place, options=options, out=output)  # type: ignore[arg-type]
+            except BaseException:
+                changes["params"] = collect_params(None, Path(mountpoint))
+                raise
+            changes["params"] = collect_params(repro.pipeline, Path(mountpoint))
             repro.run()
-            params = collect_params(repro.pipeline, Path(mountpoint))
-            metrics = collect_metrics(repro.pipeline, Path(mountpoint))
-            result = client.snapshot()
-        return {"params": params, "metrics": metrics, "result": result}
+            changes["metrics"] = collect_metrics(repro.pipeline, Path(mountpoint))
+            changes["result"] = client.snapshot()
 
     def _say(self, name: str, text: str) -> None:
         if self.echo is None or self.live:
@@ -499,16 +510,26 @@ def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def collect_params(pipeline: Any, root: Path) -> dict[str, dict[str, Any]]:
-    """Read every params file the pipeline uses, flattened per file."""
+    """Read every params file the pipeline uses, flattened per file.
+
+    Without a `pipeline` (its stage file did not load) only `params.yaml`
+    is read. An unreadable params file is logged and left out.
+    """
     from expfs.pipeline.params import DEFAULT_PARAMS_FILE, read_params
 
-    files = {DEFAULT_PARAMS_FILE, *pipeline.params_files}
-    for stage in pipeline.stages.values():
-        files.update(p.workspace_path for p in stage.params)
+    files = {DEFAULT_PARAMS_FILE}
+    if pipeline is not None:
+        files.update(pipeline.params_files)
+        for stage in pipeline.stages.values():
+            files.update(p.workspace_path for p in stage.params)
     found: dict[str, dict[str, Any]] = {}
     for name in sorted(files):
-        if (root / name).exists():
+        if not (root / name).exists():
+            continue
+        try:
             found[name] = _jsonable(flatten(read_params(root / name)))
+        except ExpfsError as exc:
+            log.warning("params file %s is unreadable: %s", root / name, exc)
     return found
 
 

@@ -147,7 +147,11 @@ def test_failed_experiment_among_good_ones(project: Path) -> None:
     failed = next(name for name, e in experiments.items() if e.status == "failed")
     assert "lr must be positive" in run(project, "queue", "logs", failed).stdout
     assert "status 1" in experiments[failed].error
+    assert experiments[failed].params == {"params.yaml": {"lr": -1, "depth": 2}}
     assert mounted_below(project) == []
+    shown = json.loads(run(project, "exp", "show", "--json").stdout)
+    row = next(r for r in shown if r["name"] == failed)
+    assert row["params"] == {"params.yaml": {"lr": -1, "depth": 2}}
 
 
 def test_same_run_key_computed_once(project: Path, tmp_path: Path) -> None:
