@@ -39,8 +39,12 @@ import signal
 import socket
 import struct
 import sys
-from collections.abc import Sequence
-from typing import Any, NoReturn
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    # Annotations only, because the client imports as little as it can.
+    from collections.abc import Sequence
+    from typing import Any, NoReturn
 
 # Commands served by the server: those that mount workspaces.
 SERVED_COMMANDS = (("exp", "run"), ("queue", "start"))

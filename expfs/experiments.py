@@ -345,7 +345,11 @@ def add_worktree(
         path,
         commit,
     )
-    gitdir = _git(path, "rev-parse", "--absolute-git-dir").strip()
+    # The `.git` file git just wrote names the git folder; git is asked only
+    # when that path is relative (worktree.useRelativePaths) or missing.
+    gitdir = _gitdir_of(path) or ""
+    if not os.path.isabs(gitdir):
+        gitdir = _git(path, "rev-parse", "--absolute-git-dir").strip()
     index = os.path.join(gitdir, "index")
     cached = _cached_index_path(store, commit, base, from_worktree)
     if os.path.exists(cached):
