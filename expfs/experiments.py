@@ -172,13 +172,15 @@ def create_experiment(
     base: Digest | None = None,
     status: str = STATUS_CREATED,
     overrides: tuple[str, ...] = (),
+    commit: str | None = None,
 ) -> Experiment:
     """Create experiment `name` from commit `from_rev` or the working tree.
 
     Without `from_rev` the base is the working tree as the user sees it:
     HEAD plus modified and untracked files that `.gitignore` keeps, plus
     what the pipeline declares though Git ignores it (see `declared_paths`).
-    A sweep snapshots once and passes that `base` to every experiment.
+    A sweep snapshots once and passes that `base` to every experiment, with
+    the `commit` that `from_rev` (or HEAD) names.
     """
     from expfs.workspace import Workspace
 
@@ -188,7 +190,8 @@ def create_experiment(
             f"an experiment named {name!r} already exists: pick another name or "
             f"remove it first with `expfs exp remove {name}`"
         )
-    commit = resolve_commit(repo, from_rev or "HEAD")
+    if commit is None:
+        commit = resolve_commit(repo, from_rev or "HEAD")
     if base is None:
         base = snapshot_base(store, repo, from_rev)
     if Workspace.exists(store, name):

@@ -171,10 +171,19 @@ def _generated_name(base: str, overrides: tuple[str, ...], taken: set[str]) -> s
 def create_planned(
     store: Store, plans: Iterable[Plan], base: Digest, status: str
 ) -> list[Experiment]:
+    from expfs.tree.gitsnap import resolve_commit
+
     repo = repo_root(store)
+    commit = resolve_commit(repo, "HEAD")
     return [
         create_experiment(
-            store, repo, p.name, base=base, status=status, overrides=p.overrides
+            store,
+            repo,
+            p.name,
+            base=base,
+            status=status,
+            overrides=p.overrides,
+            commit=commit,
         )
         for p in plans
     ]
@@ -473,6 +482,8 @@ class Runner:
                 cancelled=self._cancelled(experiment.name),
                 on_stage=self._on_stage(experiment.name),
                 no_remote=self.no_remote,
+                # The result snapshot below stores the lock file durably.
+                fsync_lock=False,
             )
             try:
                 repro = Repro(self.store, place, options=options, out=output)  # type: ignore[arg-type]

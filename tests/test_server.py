@@ -17,7 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import stop_servers
+
+from tests.conftest import stop_servers
 
 pytestmark = pytest.mark.fuse
 

@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 
 READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 30.0
+# How often stop_mount checks whether the daemon has exited, in seconds.
+STOP_POLL_S = 0.005
 
 
 class MountError(ExpfsError):
@@ -194,7 +196,7 @@ def stop_mount(store: Any, name: str) -> control.MountStatus:
                 f"not exit within {STOP_TIMEOUT_S:.0f} s: see its log at "
                 f"{control.log_path(store.root, name)}"
             )
-        time.sleep(0.02)
+        time.sleep(STOP_POLL_S)
     return status
 
 
