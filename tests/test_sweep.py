@@ -333,6 +333,28 @@ def test_interrupt_waits_for_slow_children(project: Path, tmp_path: Path) -> Non
         text=True,
     ).stdout.split()
     assert daemons == []
+    # Daemons forked by the expfs server are its children.
+    deadline = time.monotonic() + 10
+    while server_children() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server_children() == []
+
+
+def server_children() -> list[int]:
+    """Return the live child processes of this session's expfs servers."""
+    folder = Path(os.environ["EXPFS_SERVER_DIR"])
+    servers = {int(p.read_text()) for p in folder.glob("server-*.pid")}
+    children = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if fields[0] != "Z" and int(fields[1]) in servers:
+            children.append(int(entry))
+    return children
 
 
 def test_interrupted_creation_leaves_no_worktree(project: Path) -> None:
