@@ -169,12 +169,17 @@ def _generated_name(base: str, overrides: tuple[str, ...], taken: set[str]) -> s
 
 
 def create_planned(
-    store: Store, plans: Iterable[Plan], base: Digest, status: str
+    store: Store,
+    plans: Iterable[Plan],
+    base: Digest,
+    status: str,
+    commit: str | None = None,
 ) -> list[Experiment]:
+    """Create one experiment per plan on `base` at `commit` (default HEAD)."""
     from expfs.tree.gitsnap import resolve_commit
 
     repo = repo_root(store)
-    commit = resolve_commit(repo, "HEAD")
+    commit = commit or resolve_commit(repo, "HEAD")
     return [
         create_experiment(
             store,
@@ -187,6 +192,55 @@ def create_planned(
         )
         for p in plans
     ]
+
+
+class Creator(threading.Thread):
+    """Creates a sweep's experiments in order while the first ones run.
+
+    Creating an experiment costs a workspace, a Git worktree and a record
+    (tens of milliseconds), so a sweep that created all of them first would
+    wait that long times its size before the first stage starts.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        plans: Sequence[Plan],
+        base: Digest,
+        commit: str,
+        stop_event: threading.Event,
+    ) -> None:
+        super().__init__(name="expfs-create-experiments", daemon=True)
+        self.store, self.plans, self.base, self.commit = store, plans, base, commit
+        self.stop_event = stop_event
+        self.created = {plan.name: threading.Event() for plan in plans}
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            for plan in self.plans:
+                if self.stop_event.is_set():
+                    return
+                create_planned(
+                    self.store, [plan], self.base, STATUS_QUEUED, self.commit
+                )
+                self.created[plan.name].set()
+        except BaseException as exc:
+            log.error("creating the sweep's experiments failed: %s", exc)
+            self.error = exc
+        finally:
+            self.done.set()
+
+    def wait_for(self, name: str) -> bool:
+        """Wait until experiment `name` is created; return False if it never will be."""
+        event = self.created.get(name)
+        if event is None:
+            return True
+        while not event.wait(STOP_POLL_S):
+            if self.done.is_set():
+                return event.is_set()
+        return True
 
 
 # -- stop requests ---------------------------------------------------------------
@@ -284,6 +338,8 @@ class Runner:
         self.echo_lock = threading.Lock()
         self.rows: dict[str, Row] = {}
         self.launcher: AnyLauncher | None = None
+        # Set while a sweep's later experiments are still being created.
+        self.creator: Creator | None = None
         self.live = self.echo is not None and self.echo.isatty()
 
     def _on_stage(self, name: str) -> Callable[[str, str], None]:
@@ -341,7 +397,7 @@ class Runner:
         assert self.stop_event is not None
         display = self._live_display()
         with display, ThreadPoolExecutor(max_workers=max(1, self.jobs)) as pool:
-            futures = [pool.submit(self.run_one, name) for name in names]
+            futures = [pool.submit(self._run_when_created, name) for name in names]
             try:
                 pending = set(futures)
                 while pending:
@@ -350,8 +406,10 @@ class Runner:
                         display.update(self.render())
             except KeyboardInterrupt:
                 self.stop_event.set()
+                if self.creator is not None:
+                    self.creator.join()
                 for name, future in zip(names, futures, strict=True):
-                    if future.cancel():
+                    if future.cancel() and self._created(name):
                         update_experiment(
                             self.store,
                             name,
@@ -363,7 +421,11 @@ class Runner:
             finally:
                 if self.live:
                     display.update(self.render())
-        return [get_experiment(self.store, name) for name in names]
+        return [get_experiment(self.store, n) for n in names if self._created(n)]
+
+    def _created(self, name: str) -> bool:
+        event = None if self.creator is None else self.creator.created.get(name)
+        return event is None or event.is_set()
 
     def _live_display(self) -> Any:
         if not self.live:
@@ -374,6 +436,12 @@ class Runner:
         return Live(
             self.render(), console=Console(file=self.echo), refresh_per_second=4
         )
+
+    def _run_when_created(self, name: str) -> Experiment | None:
+        """Run experiment `name` once created; None if it never was (sweep stopped)."""
+        if self.creator is not None and not self.creator.wait_for(name):
+            return None
+        return self.run_one(name)
 
     def run_one(self, name: str) -> Experiment:
         """Mount, apply overrides, repro, record, unmount: one experiment."""
@@ -612,14 +680,30 @@ def run_experiments(
         base = snapshot_base(store, repo)
         plans = plan_sweep(store, overrides, name, base, max_experiments)
         check_plans(repo, plans)
-        created = create_planned(store, plans, base, STATUS_QUEUED)
+        if queue:
+            return create_planned(store, plans, base, STATUS_QUEUED)
+        # The first experiment is created here, so an error that would hit
+        # every one (a Git or store failure) stops the sweep before it runs.
+        from expfs.tree.gitsnap import resolve_commit
+
+        commit = resolve_commit(repo, "HEAD")
+        create_planned(store, plans[:1], base, STATUS_QUEUED, commit)
     except BaseException:
         if runner.launcher is not None:
             runner.launcher.close()
         raise
-    if queue:
-        return created
-    return runner.run_all([e.name for e in created])
+    assert runner.stop_event is not None
+    creator = Creator(store, plans[1:], base, commit, runner.stop_event)
+    runner.creator = creator
+    creator.start()
+    try:
+        finished = runner.run_all([plan.name for plan in plans])
+    finally:
+        runner.stop_event.set()
+        creator.join()
+    if creator.error is not None:
+        raise creator.error
+    return finished
 
 
 def start_queue(

@@ -380,3 +380,32 @@ def test_interrupted_creation_leaves_no_worktree(project: Path) -> None:
     ).stdout
     assert "half" not in worktrees
     assert not (project / ".expfs" / "workspaces" / "half").exists()
+
+
+def test_creator_stops_between_experiments(project: Path) -> None:
+    import threading
+
+    from expfs.experiments import repo_root, snapshot_base
+    from expfs.store.repo import store_for
+    from expfs.sweep import Creator, Plan
+    from expfs.tree.gitsnap import resolve_commit
+
+    store = store_for(str(project))
+    repo = repo_root(store)
+    base = snapshot_base(store, repo)
+    plans = [Plan("c1", ("lr=0.3",)), Plan("c2", ("lr=0.4",))]
+    stop = threading.Event()
+    creator = Creator(store, plans, base, resolve_commit(repo, "HEAD"), stop)
+    creator.start()
+    assert creator.wait_for("c1")
+    creator.join()
+    assert creator.error is None
+    assert sorted(show(project)) == ["c1", "c2"]
+
+    stop.set()
+    later = Creator(store, [Plan("c3", ())], base, resolve_commit(repo, "HEAD"), stop)
+    later.start()
+    later.join()
+    assert not later.wait_for("c3")
+    assert sorted(show(project)) == ["c1", "c2"]
+    assert show(project)["c1"].status == "queued"
