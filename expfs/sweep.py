@@ -1,8 +1,8 @@
 """Run experiments: one or a sweep, each in its own mounted workspace.
 
 A sweep snapshots the user's working tree once, creates one experiment per
-combination of `-S` values on that base (O(1) each), and runs them `jobs`
-at a time. Each run mounts its workspace, applies its overrides there (the
+combination of `-S` values on that base (O(1) each, in a `Creator` thread
+while the first ones run), and runs them `jobs` at a time. Each run mounts its workspace, applies its overrides there (the
 user's files never change), runs the pipeline with the shared run-cache,
 records params, metrics and the resulting snapshot, and unmounts.
 
