@@ -11,10 +11,17 @@ In one run, alternating the two tools rep by rep, it times:
 - a sweep of 10 trivial experiments with `expfs exp run -S x=... -j 2`
   beside `dvc exp run --queue` ten times and `dvc queue start -j 2`, waiting
   until DVC has saved all ten;
+- the first `expfs exp run`, which starts the expfs server (`expfs_cli.server`),
+  and one `exp run` with EXPFS_NO_SERVER=1, in its own process as before
+  the server existed;
 - where the time of one `expfs exp run` goes, from extra runs of the same
-  command whose CLI process records when each step starts and ends, and from
-  the mount daemon's log lines;
+  command served by a server of this script's own, whose forked command
+  records when each step starts and ends, and from the mount daemon's log
+  lines;
 - Python start-up and `import trio, pyfuse3` alone.
+
+expfs runs with a server folder (EXPFS_SERVER_DIR) under the benchmark's
+work folder, and the servers started there are stopped at the end.
 
 Every param value is new, so no run-cache serves a stage and every stage
 runs. A run counts only after its experiments are listed with status
@@ -23,33 +30,29 @@ success and the expected metric. DVC installs into bench/work/dvc-venv
 config folders. The script prints a summary and, unless `--quick`, rewrites
 the "Experiments" section of bench/RESULTS.md between its markers.
 
-`python -m bench.bench_exp --trace-cli OUT ARGS...` is the traced CLI
-process that the benchmark starts itself: it runs `expfs ARGS...` and
-writes its step timestamps to OUT as JSON.
+`python -m bench.bench_exp --trace-server DIR` is the traced expfs server
+that the benchmark starts itself: each command it forks writes its step
+timestamps as JSON to the file named by BENCH_TRACE_OUT in the client's
+environment.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
 import time
-
-# The traced CLI process reads this as the moment its interpreter finished
-# starting up, so nothing slow may be imported above it.
-MODULE_LOADED = time.time()
-
-import argparse  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-import re  # noqa: E402
-import shutil  # noqa: E402
-import signal  # noqa: E402
-import statistics  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-from collections.abc import Mapping, Sequence  # noqa: E402
-from datetime import datetime  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
 
 BENCH_DIR = Path(__file__).resolve().parent
 PROJECT = BENCH_DIR.parent
@@ -62,6 +65,8 @@ EXPFS = str(Path(sys.executable).with_name("expfs"))
 # Targets for a trivial stage, start-up included.
 TARGET_RUN_S = 0.3
 TARGET_SWEEP_S = 3.0
+# `python -c pass` on this machine when idle (bench/RESULTS.md, earlier runs).
+IDLE_PASS_S = 0.030
 SWEEP_SIZE = 10
 SWEEP_JOBS = 2
 # Maximum wait for DVC's queue to save a sweep, and for its idle workers to
@@ -89,7 +94,8 @@ echo "{\\"score\\": $((x * 2))}" > metrics.json
 # Steps of one `expfs exp run`, in the order they happen, as named on the
 # results page; the keys are what the traced CLI process records.
 STEPS = {
-    "startup": "CLI start-up: interpreter, imports, argument parsing, store",
+    "startup": "start-up: client interpreter, request to the server, fork, "
+    "argument parsing, store",
     "base": "base snapshot of the working tree",
     "create": "experiment creation (plan and record)",
     "mount": "daemon start until the mount answers",
@@ -101,7 +107,7 @@ STEPS = {
     "exit": "CLI exit",
 }
 DAEMON_STEPS = {
-    "spawn": "new process, `import trio, pyfuse3` and expfs, store opened",
+    "spawn": "daemon forked by the server, store opened",
     "init": "workspace opened, FUSE session started",
     "answer": "first `stat` through the mount, runtime record, ready message read",
 }
@@ -115,11 +121,11 @@ class BenchError(Exception):
     """A tool did not do what the benchmark measures, so its time does not count."""
 
 
-# -- the traced CLI process ------------------------------------------------------
+# -- the traced server -----------------------------------------------------------
 
 
-def trace_cli(out: str, cli_args: list[str]) -> int:
-    """Run `expfs CLI_ARGS` in this process, recording when each step runs."""
+def trace_server(folder: str) -> int:
+    """Run an expfs server in `folder` whose commands record when each step runs."""
     import functools
     import threading
 
@@ -128,10 +134,12 @@ def trace_cli(out: str, cli_args: list[str]) -> int:
     import expfs.pipeline.overrides
     import expfs.repro.engine
     import expfs.sweep
-    from expfs_cli.main import main as cli_main
+    import expfs_cli.main
+    import expfs_cli.server
 
     events: list[dict[str, Any]] = []
     state = threading.local()
+    started = {"loaded": 0.0}
 
     def wrap(owner: Any, attr: str, step: str, inside_repro: bool = False) -> None:
         original = getattr(owner, attr)
@@ -161,6 +169,7 @@ def trace_cli(out: str, cli_args: list[str]) -> int:
 
     wrap(expfs.sweep, "snapshot_base", "base")
     wrap(expfs.sweep, "plan_sweep", "create")
+    wrap(expfs.sweep, "check_plans", "create")
     wrap(expfs.sweep, "create_planned", "create")
     wrap(expfs.sweep, "update_experiment", "records")
     wrap(expfs.sweep, "collect_params", "collect")
@@ -171,10 +180,45 @@ def trace_cli(out: str, cli_args: list[str]) -> int:
     wrap(expfs.repro.engine.Repro, "run", "repro", inside_repro=True)
     wrap(expfs.fuse.control.ControlClient, "snapshot", "snapshot")
 
-    code = cli_main(cli_args)
-    record = {"loaded": MODULE_LOADED, "returned": time.time(), "events": events}
-    Path(out).write_text(json.dumps(record))
-    return code
+    run_command = expfs_cli.server.run_command
+    cli_main = expfs_cli.main.main
+
+    def forked(*args: Any, **kwargs: Any) -> Any:
+        started["loaded"] = time.time()
+        return run_command(*args, **kwargs)
+
+    def main(*args: Any, **kwargs: Any) -> int:
+        code: int = cli_main(*args, **kwargs)
+        record = {"loaded": started["loaded"], "returned": time.time()}
+        Path(os.environ["BENCH_TRACE_OUT"]).write_text(
+            json.dumps({**record, "events": events})
+        )
+        return code
+
+    expfs_cli.server.run_command = forked
+    expfs_cli.main.main = main
+    path = expfs_cli.server.socket_path(folder)
+    server = expfs_cli.server.Server(path, idle_s=3600)
+    Path(path.removesuffix(".sock") + ".pid").write_text(f"{os.getpid()}\n")
+    print("ready", flush=True)
+    server.serve()
+    return 0
+
+
+def stop_servers(folder: Path) -> None:
+    """Stop the expfs servers this benchmark started in `folder`, by their pid files."""
+    for pid_file in folder.glob("server-*.pid"):
+        pid = int(pid_file.read_text())
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except FileNotFoundError:
+            continue
+        if b"expfs_cli.server" not in cmdline and b"--trace-server" not in cmdline:
+            continue
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
 
 
 # -- helpers ------------------------------------------------------------------------
@@ -244,24 +288,56 @@ def spread(stats: Mapping[str, float]) -> str:
 class Expfs:
     """A repository with an expfs store, in which every run gets new param values."""
 
-    def __init__(self, root: Path, env: Mapping[str, str]) -> None:
+    def __init__(self, root: Path, env: Mapping[str, str], work: Path) -> None:
         self.root = root
-        self.env = dict(env)
+        self.server_dir = work / "server"
+        self.traced_server_dir = work / "traced-server"
+        for folder in (self.server_dir, self.traced_server_dir):
+            folder.mkdir(mode=0o700)
+        self.env = {**env, "EXPFS_SERVER_DIR": str(self.server_dir)}
+        self.traced_server: subprocess.Popen[str] | None = None
         # Wall clock around the last command, for the traced breakdown.
         self.spawned = self.exited = 0.0
         make_repo(root, env, [EXPFS, "init"], ".expfs/\nmetrics.json\n")
 
-    def run(self, values: list[int], name: str, traced: Path | None = None) -> float:
+    def start_traced_server(self) -> None:
+        """Start this script's traced server and wait until it listens."""
+        self.traced_server = subprocess.Popen(
+            [sys.executable, "-m", "bench.bench_exp", "--trace-server"]
+            + [str(self.traced_server_dir)],
+            cwd=PROJECT,
+            env={**self.env, "PYTHONPATH": str(PROJECT)},
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        assert self.traced_server.stdout is not None
+        if self.traced_server.stdout.readline().strip() != "ready":
+            raise BenchError("the traced expfs server did not start")
+
+    def stop_servers(self) -> None:
+        for folder in (self.server_dir, self.traced_server_dir):
+            stop_servers(folder)
+        if self.traced_server is not None:
+            self.traced_server.wait(timeout=30)
+
+    def run(
+        self,
+        values: list[int],
+        name: str,
+        traced: Path | None = None,
+        **extra_env: str,
+    ) -> float:
         """Run one experiment (one value) or a sweep; return the command's wall time."""
         argv = ["exp", "run", "-S", "x=" + ",".join(map(str, values)), "--name", name]
         if len(values) > 1:
             argv += ["-j", str(SWEEP_JOBS)]
-        if traced is None:
-            command = [EXPFS, *argv]
-        else:
-            command = [sys.executable, "-m", "bench.bench_exp", "--trace-cli"]
-            command += [str(traced), *argv]
-        env = {**self.env, "PYTHONPATH": str(PROJECT)}
+        env = {**self.env, **extra_env}
+        if traced is not None:
+            env["EXPFS_SERVER_DIR"] = str(self.traced_server_dir)
+            env["BENCH_TRACE_OUT"] = str(traced)
+        command = [EXPFS, *argv]
         self.spawned = time.time()
         seconds, _ = run_checked(command, self.root, env)
         self.exited = time.time()
@@ -474,11 +550,25 @@ def time_command(argv: list[str], reps: int) -> dict[str, float]:
 
 
 def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    from bench.restore.env import base_env, dvc_env, install_dvc, machine, version_of
+    from bench.restore.env import base_env, install_dvc
 
     dvc_program = install_dvc(args.dvc_venv)
     env = base_env()
-    expfs = Expfs(work / "expfs", env)
+    expfs = Expfs(work / "expfs", env, work)
+    try:
+        return measure_tools(args, work, expfs, dvc_program)
+    finally:
+        expfs.stop_servers()
+
+
+def measure_tools(
+    args: argparse.Namespace,
+    work: Path,
+    expfs: Expfs,
+    dvc_program: Path,
+) -> dict[str, Any]:
+    from bench.restore.env import dvc_env, machine, version_of
+
     dvc = Dvc(work / "dvc", dvc_program, dvc_env(work / "dvc-home"))
     record: dict[str, Any] = {
         "machine": machine(work, version_of([str(dvc_program), "--version"]), PROJECT),
@@ -486,19 +576,26 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     }
     values = iter(range(1, 1_000_000))
 
-    print("warm-up: one run of each tool, untimed", flush=True)
-    expfs.run([next(values)], "warm-up")
+    print("warm-up: one run of each tool; expfs's starts its server", flush=True)
+    first_run = expfs.run([next(values)], "warm-up")
     dvc.run(next(values), "warm-up")
 
-    single: dict[str, list[float]] = {"expfs": [], "dvc": []}
+    single: dict[str, list[float]] = {"expfs": [], "dvc": [], "no_server": []}
     for rep in range(args.reps):
         single["expfs"].append(expfs.run([next(values)], f"single-{rep}"))
         single["dvc"].append(dvc.run(next(values), f"single-{rep}"))
+        single["no_server"].append(
+            expfs.run([next(values)], f"no-server-{rep}", EXPFS_NO_SERVER="1")
+        )
         print(
             f"one exp run {rep + 1}/{args.reps}: expfs {fmt(single['expfs'][-1])}, "
-            f"DVC {fmt(single['dvc'][-1])}",
+            f"DVC {fmt(single['dvc'][-1])}, expfs without its server "
+            f"{fmt(single['no_server'][-1])}",
             flush=True,
         )
+
+    expfs.start_traced_server()
+    expfs.run([next(values)], "traced-warm-up", traced=work / "traced-warm-up.json")
 
     steps: list[dict[str, float]] = []
     daemon: list[dict[str, float]] = []
@@ -532,6 +629,7 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     record.update(
         {
             "single": {tool: summary(s) for tool, s in single.items()},
+            "first_run": first_run,
             "single_ratio": summary(
                 [d / e for e, d in zip(single["expfs"], single["dvc"], strict=True)]
             ),
@@ -593,7 +691,8 @@ def render(record: dict[str, Any], argv: str, args: argparse.Namespace) -> str:
         "",
         "| what | expfs | DVC 3.x | DVC ÷ expfs | target (expfs) | |",
         "| --- | ---: | ---: | ---: | --- | --- |",
-        f"| one `exp run` of a trivial stage | {spread(single['expfs'])} | "
+        f"| one `exp run` of a trivial stage, expfs server running | "
+        f"{spread(single['expfs'])} | "
         f"{spread(single['dvc'])} | {ratio['median']:.1f} "
         f"({ratio['min']:.1f}–{ratio['max']:.1f}) | < {TARGET_RUN_S} s | "
         f"{verdict(single['expfs']['median'], TARGET_RUN_S)} |",
@@ -603,6 +702,12 @@ def render(record: dict[str, Any], argv: str, args: argparse.Namespace) -> str:
         f"{sweep_ratio['max']:.1f}) | < {TARGET_SWEEP_S:.0f} s | "
         f"{verdict(sweep['expfs']['median'], TARGET_SWEEP_S)} |",
         show_row(),
+        "",
+        f"The first `exp run` of the benchmark, which starts the expfs server, "
+        f"took {fmt(record['first_run'])}; one `exp run` with EXPFS_NO_SERVER=1, "
+        f"in its own process with its own imports, takes "
+        f"{spread(single['no_server'])}. The server stays running between "
+        "commands and exits after 10 minutes without one.",
         "",
         f"DVC's sweep is `dvc exp run --queue` {args.sweep_size} times, then "
         f"`dvc queue start -j {SWEEP_JOBS}`, timed until Git holds a ref for every "
@@ -639,8 +744,9 @@ def breakdown_lines(record: dict[str, Any], args: argparse.Namespace) -> list[st
     steps, daemon, imports = record["steps"], record["daemon"], record["imports"]
     lines = [
         f"Where the time of one `expfs exp run` goes ({args.reps} more runs of the "
-        "same command, whose CLI process records when each step starts and ends; "
-        "the daemon's part comes from its log, with millisecond stamps):",
+        "same command, served by a server whose forked command records when each "
+        "step starts and ends; the daemon's part comes from its log, with "
+        "millisecond stamps):",
         "",
         "| step | median | min–max | share |",
         "| --- | ---: | ---: | ---: |",
@@ -661,7 +767,7 @@ def breakdown_lines(record: dict[str, Any], args: argparse.Namespace) -> list[st
                     f"{100 * d['median'] / total:.0f} % |"
                 )
     lines += [
-        f"| total, traced (the tracer adds its own imports) | {fmt(total)} | "
+        f"| total, traced | {fmt(total)} | "
         f"{fmt(steps['total']['min'])}–{fmt(steps['total']['max'])} | 100 % |",
         "",
         "The same interpreter, alone:",
@@ -697,42 +803,46 @@ def sweep_lines(record: dict[str, Any], args: argparse.Namespace) -> list[str]:
 
 
 def findings(record: dict[str, Any]) -> list[str]:
-    steps, daemon, imports = record["steps"], record["daemon"], record["imports"]
+    steps, daemon = record["steps"], record["daemon"]
     single = record["single"]["expfs"]["median"]
     sweep = record["sweep"]["expfs"]["median"]
-    spawn = daemon["spawn"]["median"]
-    mount = steps["mount"]["median"]
-    unmount = steps["unmount"]["median"]
-    startup = steps["startup"]["median"]
-    trio_pyfuse3 = imports["trio_pyfuse3"]["median"] - imports["pass"]["median"]
-    lines = []
+    no_server = record["single"]["no_server"]["median"]
+    largest = max(
+        (key for key in STEPS if key not in ("startup", "exit")),
+        key=lambda key: steps[key]["median"],
+    )
+    lines = [
+        f"One `exp run` takes {fmt(single)} with the server running and "
+        f"{fmt(no_server)} without it: the client imports only the socket code, "
+        "and the command and its mount daemon are forks of a process that "
+        "imported everything once. The daemon's part of the mount is now "
+        f"{fmt(daemon['spawn']['median'])} from the fork request to its first "
+        f"log line. The largest step left is the {STEPS[largest]}, at "
+        f"{fmt(steps[largest]['median'])}.",
+    ]
     if single >= TARGET_RUN_S:
         lines.append(
-            f"One `exp run` misses its {TARGET_RUN_S} s target: its median is "
-            f"{fmt(single)} and its fastest run "
-            f"{fmt(record['single']['expfs']['min'])} (the traced runs, at another "
-            f"moment of the machine's load, total {fmt(steps['total']['median'])}). "
-            "The daemon start is the largest step "
-            f"({fmt(mount)}), and {fmt(spawn)} of it passes before the new daemon "
-            f"process logs its first line: `import trio, pyfuse3` alone costs "
-            f"{fmt(trio_pyfuse3)} over a bare interpreter. CLI start-up adds "
-            f"{fmt(startup)} and unmounting {fmt(unmount)}."
+            f"One `exp run` misses its {TARGET_RUN_S} s target: its fastest run "
+            f"took {fmt(record['single']['expfs']['min'])}, and the traced runs "
+            f"{fmt(steps['total']['median'])}. Other work on the machine makes "
+            "single runs vary several-fold, so the median rests on few quiet "
+            "moments."
         )
     if sweep >= TARGET_SWEEP_S:
+        per = record["sweep_steps"]
         lines.append(
-            f"The sweep misses its {TARGET_SWEEP_S:.0f} s target: its daemons are "
-            "forked from one launcher that imported trio and pyfuse3 once, and "
-            f"each of its {SWEEP_SIZE} mounts still takes "
-            f"{fmt(record['sweep_steps']['mount'])} on average until it answers, "
-            f"about {fmt(SWEEP_SIZE * record['sweep_steps']['mount'] / SWEEP_JOBS)}"
-            f" of the sweep with {SWEEP_JOBS} jobs."
+            f"The sweep misses its {TARGET_SWEEP_S:.0f} s target. Per experiment, "
+            f"creation takes {fmt(per['create'])} (in a thread beside the runs), "
+            f"the mount {fmt(per['mount'])} until it answers and repro "
+            f"{fmt(per['repro'])}."
         )
-    if lines:
+    pass_s = record["imports"]["pass"]["median"]
+    if pass_s > 2 * IDLE_PASS_S:
         lines.append(
-            "What would help next: a launcher kept running between commands (so "
-            "a single `exp run` also skips the daemon's imports), a CLI that "
-            "imports less before it starts the launcher, and one daemon serving "
-            "several mounts of a sweep."
+            f"During this run `python -c pass` took {fmt(pass_s)}, "
+            f"{pass_s / IDLE_PASS_S:.1f} times its time on an idle machine, so "
+            "every absolute figure above is inflated by about as much, while "
+            "the ratios stay comparable."
         )
     return lines
 
@@ -795,8 +905,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
-    if argv[:1] == ["--trace-cli"]:
-        return trace_cli(argv[1], argv[2:])
+    if argv[:1] == ["--trace-server"]:
+        return trace_server(argv[1])
     args = build_parser().parse_args(argv)
     args.sweep_size = 4 if args.quick else SWEEP_SIZE
     if args.quick:

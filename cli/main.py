@@ -1,19 +1,22 @@
 """Entry point of the `expfs` command.
 
 Start-up time matters (a cache-hit `repro` should end in a fraction of a
-second), so this module imports only argparse. Each command group lives in
+second), so this module imports only os and sys, and the commands served
+by the expfs server start without argparse. Each command group lives in
 its own module, which registers its parsers and imports the library inside
 its handlers, so a store command never loads trio, pyfuse3 or YAML.
 """
 
 from __future__ import annotations
 
-import argparse
-import importlib
-import logging
 import os
 import sys
-from collections.abc import Sequence
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    # Annotations only, because importing typing costs start-up time.
+    import argparse
+    from collections.abc import Sequence
 
 # Modules that register command groups, in the order `--help` lists them.
 COMMAND_MODULES = (
@@ -29,6 +32,9 @@ COMMAND_MODULES = (
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import argparse
+    import importlib
+
     parser = argparse.ArgumentParser(
         prog="expfs",
         description="Run many ML experiments side by side, each in its own "
@@ -46,12 +52,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+def main(
+    argv: Sequence[str] | None = None, parser: argparse.ArgumentParser | None = None
+) -> int:
+    """Run the `expfs` command `argv`; return its exit status.
+
+    Run as the `expfs` program (no `argv`), the commands that mount run in
+    the expfs server, which has their imports done (see `expfs_cli.server`).
+    """
+    if argv is None:
+        from expfs_cli import server
+
+        if server.served(sys.argv[1:]):
+            served_code: int | None = server.run_in_server(sys.argv[1:])
+            if served_code is not None:
+                return served_code
+    parser = parser or build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 2
+    import logging
+
     level = logging.WARNING - 10 * args.verbose
     logging.basicConfig(
         level=max(level, logging.DEBUG), format="%(levelname)s: %(message)s"

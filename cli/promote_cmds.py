@@ -178,6 +178,14 @@ def cmd_promote(args: argparse.Namespace) -> int:
         f"promoted experiment {args.name} to branch {result.branch} "
         f"(commit {result.commit[:12]})"
     )
+    if result.carried_commits:
+        count = len(result.carried_commits)
+        print(f"  carried {count} commit(s) made with git inside the mount")
+    if result.commits_left:
+        print(
+            f"  not carried: {result.commits_left}; the branch starts at the base "
+            "commit and holds the workspace's files as they are"
+        )
     if result.tag:
         print(f"tagged {result.tag}")
     for path, why in sorted(result.stored_outputs.items()):

@@ -172,13 +172,15 @@ def create_experiment(
     base: Digest | None = None,
     status: str = STATUS_CREATED,
     overrides: tuple[str, ...] = (),
+    commit: str | None = None,
 ) -> Experiment:
     """Create experiment `name` from commit `from_rev` or the working tree.
 
     Without `from_rev` the base is the working tree as the user sees it:
     HEAD plus modified and untracked files that `.gitignore` keeps, plus
     what the pipeline declares though Git ignores it (see `declared_paths`).
-    A sweep snapshots once and passes that `base` to every experiment.
+    A sweep snapshots once and passes that `base` to every experiment, with
+    the `commit` that `from_rev` (or HEAD) names.
     """
     from expfs.workspace import Workspace
 
@@ -188,7 +190,8 @@ def create_experiment(
             f"an experiment named {name!r} already exists: pick another name or "
             f"remove it first with `expfs exp remove {name}`"
         )
-    commit = resolve_commit(repo, from_rev or "HEAD")
+    if commit is None:
+        commit = resolve_commit(repo, from_rev or "HEAD")
     if base is None:
         base = snapshot_base(store, repo, from_rev)
     if Workspace.exists(store, name):
@@ -245,10 +248,7 @@ def declared_paths(repo: str) -> list[bytes]:
                 candidates.update(d.workspace_path for d in stage.deps)
                 candidates.update(p.workspace_path for p in stage.params)
                 candidates.update(o.workspace_path for o in stage.outs)
-    for dvc_file in Path(repo).rglob("*.dvc"):
-        if ".expfs" in dvc_file.parts or ".git" in dvc_file.parts:
-            continue
-        candidates.add(os.path.relpath(dvc_file.with_suffix(""), repo))
+    candidates.update(_dvc_tracked_paths(repo))
     existing = [p for p in sorted(candidates) if os.path.lexists(os.path.join(repo, p))]
     if not existing:
         return []
@@ -258,6 +258,22 @@ def declared_paths(repo: str) -> list[bytes]:
         capture_output=True,
     )
     return [p for p in proc.stdout.split(b"\0") if p]
+
+
+def _dvc_tracked_paths(repo: str) -> list[str]:
+    """Return the paths that `.dvc` files track, relative to `repo`.
+
+    The walk skips `.git`, `.expfs` and DVC's `.dvc` folder, whose object
+    caches are the largest trees in a repository and hold no `.dvc` files.
+    """
+    found = []
+    for folder, dirs, files in os.walk(repo):
+        dirs[:] = [d for d in dirs if d not in (".git", ".expfs", ".dvc")]
+        for name in files:
+            if name.endswith(".dvc") and name != ".dvc":
+                path = os.path.join(folder, name.removesuffix(".dvc"))
+                found.append(os.path.relpath(path, repo))
+    return found
 
 
 def remove_experiment(store: Store, name: str) -> None:
@@ -332,7 +348,11 @@ def add_worktree(
         path,
         commit,
     )
-    gitdir = _git(path, "rev-parse", "--absolute-git-dir").strip()
+    # The `.git` file git just wrote names the git folder; git is asked only
+    # when that path is relative (worktree.useRelativePaths) or missing.
+    gitdir = _gitdir_of(path) or ""
+    if not os.path.isabs(gitdir):
+        gitdir = _git(path, "rev-parse", "--absolute-git-dir").strip()
     index = os.path.join(gitdir, "index")
     cached = _cached_index_path(store, commit, base, from_worktree)
     if os.path.exists(cached):

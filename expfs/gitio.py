@@ -18,6 +18,11 @@ What a promoted commit holds:
   output that Git does not ignore is added to the `.gitignore` of its folder
   in the commit, so a checkout of the branch shows a clean status;
 - params and metrics in the commit message.
+
+Commits made with git inside the experiment's mount stay below the
+promotion commit on the branch when the promoted files contain their
+changes (see `commits_in_mount`); otherwise the branch starts at the base
+commit and the command says why they were not carried.
 """
 
 from __future__ import annotations
@@ -245,6 +250,11 @@ class PromoteResult:
     # Outputs kept in the store instead of Git: path -> why ("ignored", "large").
     stored_outputs: dict[str, str] = field(default_factory=dict)
     files_written: int = 0
+    # Commits made with git inside the experiment's mount, now on the branch
+    # below the promotion commit, oldest first.
+    carried_commits: list[str] = field(default_factory=list)
+    # Why commits made inside the mount were not carried, or "".
+    commits_left: str = ""
 
 
 def check_new_branch(repo: str, branch: str, tag: str | None) -> None:
@@ -307,30 +317,43 @@ def promote(
                 "with --worktree"
             )
     snapshot = experiment_snapshot(store, experiment, current)
-    changes = _changes_against_commit(store, repo, experiment, snapshot)
+    start, carried, left = commits_in_mount(store, repo, experiment, snapshot)
+    changes = _changes_against_commit(
+        store, repo, experiment, snapshot, start, allow_none=bool(carried)
+    )
 
     keep = worktree is not None
     if worktree is not None:
         path = os.path.abspath(worktree)
     else:
         path = _temporary_worktree_path(store, name)
-    run_git(repo, "worktree", "add", "-q", "-b", branch, path, experiment.base_commit)
+    run_git(repo, "worktree", "add", "-q", "-b", branch, path, start)
     result = PromoteResult(branch, "", snapshot, tag, path if keep else None)
+    result.carried_commits, result.commits_left = carried, left
     try:
         _fill_worktree(
             store, path, experiment, snapshot, changes, max_git_bytes, result
         )
         run_git(path, "add", "-A")
-        if (
-            run_git(path, "diff", "--cached", "--quiet", ok_codes=(0, 1)).returncode
-            == 0
-        ):
+        staged = run_git(path, "diff", "--cached", "--quiet", ok_codes=(0, 1))
+        if staged.returncode == 0 and not carried:
             raise NothingToPromote(
                 f"experiment {name!r} changes only files that Git ignores and no "
                 "output is recorded in expfs.lock: nothing to commit"
             )
         message = commit_message(experiment, snapshot, result.stored_outputs)
-        run_git(path, "commit", "-q", "--no-verify", "-F", "-", input=message.encode())
+        # With carried commits and nothing left to add, the commit is empty
+        # but still records the params and metrics.
+        run_git(
+            path,
+            "commit",
+            "-q",
+            "--no-verify",
+            "--allow-empty",
+            "-F",
+            "-",
+            input=message.encode(),
+        )
         result.commit = git_text(path, "rev-parse", "HEAD")
         if tag is not None:
             run_git(path, "tag", "-a", tag, "-m", f"expfs experiment {name}")
@@ -344,14 +367,85 @@ def promote(
     return result
 
 
-def _changes_against_commit(
+def commits_in_mount(
     store: Store, repo: str, experiment: Experiment, snapshot: Digest
+) -> tuple[str, list[str], str]:
+    """Return the commit to promote onto, the commits made inside the mount, and
+    why those commits are left out ("" when they are carried or there are none).
+
+    Git inside a mount commits to the experiment's own worktree, whose HEAD
+    starts at the base commit. Those commits are carried (the branch starts
+    at that HEAD) when they descend from the base commit and `snapshot`, the
+    files being promoted, still holds a change at every path they changed.
+    Otherwise (HEAD reset or moved to another branch, or commits made after
+    the run whose result is promoted) the branch starts at the base commit.
+    """
+    base = experiment.base_commit
+    if not experiment.gitdir or not os.path.isdir(experiment.gitdir):
+        return base, [], ""
+    head = run_git(
+        repo,
+        "--git-dir",
+        experiment.gitdir,
+        "rev-parse",
+        "--verify",
+        "-q",
+        "HEAD^{commit}",
+        ok_codes=(0, 1, 128),
+    )
+    head_commit = head.stdout.decode().strip()
+    if head.returncode != 0 or not head_commit or head_commit == base:
+        return base, [], ""
+    ancestor = run_git(
+        repo, "merge-base", "--is-ancestor", base, head_commit, ok_codes=(0, 1)
+    )
+    if ancestor.returncode != 0:
+        return (
+            base,
+            [],
+            f"the mount's Git HEAD {head_commit[:12]} does not descend from the "
+            f"base commit {base[:12]}",
+        )
+    missing = _commit_changes_missing(store, repo, base, head_commit, snapshot)
+    if missing:
+        return (
+            base,
+            [],
+            f"the files promoted lack what the mount's commits changed in "
+            f"{', '.join(missing[:5])} (commit after the run and promote with "
+            "--current to keep them)",
+        )
+    listed = git_text(repo, "rev-list", "--reverse", f"{base}..{head_commit}")
+    return head_commit, listed.split(), ""
+
+
+def _commit_changes_missing(
+    store: Store, repo: str, base: str, head: str, snapshot: Digest
+) -> list[str]:
+    """Return the paths that commits base..head changed but `snapshot` has as in base."""
+    from expfs.tree.gitsnap import snapshot_commit
+
+    base_tree = snapshot_commit(store, repo, base)
+    committed = {
+        c.path for c in diff_trees(store, base_tree, snapshot_commit(store, repo, head))
+    }
+    promoted = {c.path for c in diff_trees(store, base_tree, snapshot)}
+    return sorted(os.fsdecode(p) for p in committed - promoted)
+
+
+def _changes_against_commit(
+    store: Store,
+    repo: str,
+    experiment: Experiment,
+    snapshot: Digest,
+    commit: str,
+    allow_none: bool = False,
 ) -> list[Change]:
     from expfs.tree.gitsnap import snapshot_commit
 
-    base_tree = snapshot_commit(store, repo, experiment.base_commit)
+    base_tree = snapshot_commit(store, repo, commit)
     changes = list(diff_trees(store, base_tree, snapshot))
-    if not changes:
+    if not changes and not allow_none:
         raise NothingToPromote(
             f"experiment {experiment.name!r} has no changes against its base commit "
             f"{experiment.base_commit[:12]}: run it or change files in its mount first"

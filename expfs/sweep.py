@@ -1,8 +1,8 @@
 """Run experiments: one or a sweep, each in its own mounted workspace.
 
 A sweep snapshots the user's working tree once, creates one experiment per
-combination of `-S` values on that base (O(1) each), and runs them `jobs`
-at a time. Each run mounts its workspace, applies its overrides there (the
+combination of `-S` values on that base (O(1) each, in a `Creator` thread
+while the first ones run), and runs them `jobs` at a time. Each run mounts its workspace, applies its overrides there (the
 user's files never change), runs the pipeline with the shared run-cache,
 records params, metrics and the resulting snapshot, and unmounts.
 
@@ -42,7 +42,7 @@ from expfs.store import layout
 from expfs.store.objects import Store
 
 if TYPE_CHECKING:
-    from expfs.fuse.launcher import Launcher
+    from expfs.fuse.launcher import AnyLauncher
 from expfs.store.trees import Digest
 
 log = logging.getLogger(__name__)
@@ -169,15 +169,78 @@ def _generated_name(base: str, overrides: tuple[str, ...], taken: set[str]) -> s
 
 
 def create_planned(
-    store: Store, plans: Iterable[Plan], base: Digest, status: str
+    store: Store,
+    plans: Iterable[Plan],
+    base: Digest,
+    status: str,
+    commit: str | None = None,
 ) -> list[Experiment]:
+    """Create one experiment per plan on `base` at `commit` (default HEAD)."""
+    from expfs.tree.gitsnap import resolve_commit
+
     repo = repo_root(store)
+    commit = commit or resolve_commit(repo, "HEAD")
     return [
         create_experiment(
-            store, repo, p.name, base=base, status=status, overrides=p.overrides
+            store,
+            repo,
+            p.name,
+            base=base,
+            status=status,
+            overrides=p.overrides,
+            commit=commit,
         )
         for p in plans
     ]
+
+
+class Creator(threading.Thread):
+    """Creates a sweep's experiments in order while the first ones run.
+
+    Creating an experiment costs a workspace, a Git worktree and a record
+    (tens of milliseconds), so a sweep that created all of them first would
+    wait that long times its size before the first stage starts.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        plans: Sequence[Plan],
+        base: Digest,
+        commit: str,
+        stop_event: threading.Event,
+    ) -> None:
+        super().__init__(name="expfs-create-experiments", daemon=True)
+        self.store, self.plans, self.base, self.commit = store, plans, base, commit
+        self.stop_event = stop_event
+        self.created = {plan.name: threading.Event() for plan in plans}
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            for plan in self.plans:
+                if self.stop_event.is_set():
+                    return
+                create_planned(
+                    self.store, [plan], self.base, STATUS_QUEUED, self.commit
+                )
+                self.created[plan.name].set()
+        except BaseException as exc:
+            log.error("creating the sweep's experiments failed: %s", exc)
+            self.error = exc
+        finally:
+            self.done.set()
+
+    def wait_for(self, name: str) -> bool:
+        """Wait until experiment `name` is created; return False if it never will be."""
+        event = self.created.get(name)
+        if event is None:
+            return True
+        while not event.wait(STOP_POLL_S):
+            if self.done.is_set():
+                return event.is_set()
+        return True
 
 
 # -- stop requests ---------------------------------------------------------------
@@ -306,7 +369,9 @@ class Runner:
         self.stop_event = self.stop_event or threading.Event()
         self.echo_lock = threading.Lock()
         self.rows: dict[str, Row] = {}
-        self.launcher: Launcher | None = None
+        self.launcher: AnyLauncher | None = None
+        # Set while a sweep's later experiments are still being created.
+        self.creator: Creator | None = None
         self.live = self.echo is not None and self.echo.isatty()
 
     def _on_stage(self, name: str) -> Callable[[str, str], None]:
@@ -322,10 +387,10 @@ class Runner:
         assert self.stop_event is not None
         for name in names:
             self.rows[name] = Row()
-        from expfs.fuse.launcher import Launcher
+        from expfs.fuse.launcher import open_launcher
 
         if self.launcher is None:
-            self.launcher = Launcher(self.store.root)
+            self.launcher = open_launcher(self.store.root)
         try:
             return self._run_all(names)
         finally:
@@ -336,7 +401,7 @@ class Runner:
         assert self.stop_event is not None
         display = self._live_display()
         with display, ThreadPoolExecutor(max_workers=max(1, self.jobs)) as pool:
-            futures = [pool.submit(self.run_one, name) for name in names]
+            futures = [pool.submit(self._run_when_created, name) for name in names]
             try:
                 pending = set(futures)
                 while pending:
@@ -345,8 +410,10 @@ class Runner:
                         display.update(self.render())
             except KeyboardInterrupt:
                 self.stop_event.set()
+                if self.creator is not None:
+                    self.creator.join()
                 for name, future in zip(names, futures, strict=True):
-                    if future.cancel():
+                    if future.cancel() and self._created(name):
                         update_experiment(
                             self.store,
                             name,
@@ -358,7 +425,11 @@ class Runner:
             finally:
                 if self.live:
                     display.update(self.render())
-        return [get_experiment(self.store, name) for name in names]
+        return [get_experiment(self.store, n) for n in names if self._created(n)]
+
+    def _created(self, name: str) -> bool:
+        event = None if self.creator is None else self.creator.created.get(name)
+        return event is None or event.is_set()
 
     def _live_display(self) -> Any:
         if not self.live:
@@ -369,6 +440,12 @@ class Runner:
         return Live(
             self.render(), console=Console(file=self.echo), refresh_per_second=4
         )
+
+    def _run_when_created(self, name: str) -> Experiment | None:
+        """Run experiment `name` once created; None if it never was (sweep stopped)."""
+        if self.creator is not None and not self.creator.wait_for(name):
+            return None
+        return self.run_one(name)
 
     def run_one(self, name: str) -> Experiment:
         """Mount, apply overrides, repro, record, unmount: one experiment."""
@@ -397,14 +474,17 @@ class Runner:
         self._say(
             name, f"started ({', '.join(experiment.overrides) or 'no overrides'})"
         )
-        status, error, changes = STATUS_FAILED, "", {}
+        status, error = STATUS_FAILED, ""
+        # Params are known once the overrides are applied, so a run that
+        # fails or stops afterwards still records them.
+        changes: dict[str, Any] = {}
         with open(run_log_path(self.store, name), "w") as log_file:
             echo = None if self.live else self.echo
             output = _PrefixedOutput(name, log_file, echo, self.echo_lock)
             mountpoint = None
             try:
                 mountpoint = start_mount(self.store, name, launcher=self.launcher)
-                changes = self._run_in_mount(experiment, mountpoint, output)
+                self._run_in_mount(experiment, mountpoint, output, changes)
                 status = STATUS_SUCCESS
             except StageStopped as exc:
                 status, error = STATUS_STOPPED, exc.message
@@ -453,8 +533,13 @@ class Runner:
         return lambda: event.is_set() or os.path.exists(flag)
 
     def _run_in_mount(
-        self, experiment: Experiment, mountpoint: str, output: _PrefixedOutput
-    ) -> dict[str, Any]:
+        self,
+        experiment: Experiment,
+        mountpoint: str,
+        output: _PrefixedOutput,
+        changes: dict[str, Any],
+    ) -> None:
+        """Run the pipeline in the mount; put params, metrics and result in `changes`."""
         from expfs.fuse.control import ControlClient
         from expfs.pipeline.overrides import apply_overrides, parse_override
         from expfs.repro.engine import Options, Repro
@@ -469,13 +554,18 @@ class Runner:
                 cancelled=self._cancelled(experiment.name),
                 on_stage=self._on_stage(experiment.name),
                 no_remote=self.no_remote,
+                # The result snapshot below stores the lock file durably.
+                fsync_lock=False,
             )
-            repro = Repro(self.store, place, options=options, out=output)  # type: ignore[arg-type]
+            try:
+                repro = Repro(self.store, place, options=options, out=output)  # type: ignore[arg-type]
+            except BaseException:
+                changes["params"] = collect_params(None, Path(mountpoint))
+                raise
+            changes["params"] = collect_params(repro.pipeline, Path(mountpoint))
             repro.run()
-            params = collect_params(repro.pipeline, Path(mountpoint))
-            metrics = collect_metrics(repro.pipeline, Path(mountpoint))
-            result = client.snapshot()
-        return {"params": params, "metrics": metrics, "result": result}
+            changes["metrics"] = collect_metrics(repro.pipeline, Path(mountpoint))
+            changes["result"] = client.snapshot()
 
     def _say(self, name: str, text: str) -> None:
         if self.echo is None or self.live:
@@ -503,16 +593,26 @@ def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def collect_params(pipeline: Any, root: Path) -> dict[str, dict[str, Any]]:
-    """Read every params file the pipeline uses, flattened per file."""
+    """Read every params file the pipeline uses, flattened per file.
+
+    Without a `pipeline` (its stage file did not load) only `params.yaml`
+    is read. An unreadable params file is logged and left out.
+    """
     from expfs.pipeline.params import DEFAULT_PARAMS_FILE, read_params
 
-    files = {DEFAULT_PARAMS_FILE, *pipeline.params_files}
-    for stage in pipeline.stages.values():
-        files.update(p.workspace_path for p in stage.params)
+    files = {DEFAULT_PARAMS_FILE}
+    if pipeline is not None:
+        files.update(pipeline.params_files)
+        for stage in pipeline.stages.values():
+            files.update(p.workspace_path for p in stage.params)
     found: dict[str, dict[str, Any]] = {}
     for name in sorted(files):
-        if (root / name).exists():
+        if not (root / name).exists():
+            continue
+        try:
             found[name] = _jsonable(flatten(read_params(root / name)))
+        except ExpfsError as exc:
+            log.warning("params file %s is unreadable: %s", root / name, exc)
     return found
 
 
@@ -571,7 +671,7 @@ def run_experiments(
 ) -> list[Experiment]:
     """Create the experiments of a sweep and run them (or only queue them)."""
     max_experiments = max_experiments or MAX_EXPERIMENTS
-    from expfs.fuse.launcher import Launcher
+    from expfs.fuse.launcher import open_launcher
 
     repo = repo_root(store)
     runner = Runner(
@@ -579,19 +679,35 @@ def run_experiments(
     )
     if not queue:
         # The launcher imports the daemon while the base is snapshotted.
-        runner.launcher = Launcher(store.root)
+        runner.launcher = open_launcher(store.root)
     try:
         base = snapshot_base(store, repo)
         plans = plan_sweep(store, overrides, name, base, max_experiments)
         check_plans(repo, plans)
-        created = create_planned(store, plans, base, STATUS_QUEUED)
+        if queue:
+            return create_planned(store, plans, base, STATUS_QUEUED)
+        # The first experiment is created here, so an error that would hit
+        # every one (a Git or store failure) stops the sweep before it runs.
+        from expfs.tree.gitsnap import resolve_commit
+
+        commit = resolve_commit(repo, "HEAD")
+        create_planned(store, plans[:1], base, STATUS_QUEUED, commit)
     except BaseException:
         if runner.launcher is not None:
             runner.launcher.close()
         raise
-    if queue:
-        return created
-    return runner.run_all([e.name for e in created])
+    assert runner.stop_event is not None
+    creator = Creator(store, plans[1:], base, commit, runner.stop_event)
+    runner.creator = creator
+    creator.start()
+    try:
+        finished = runner.run_all([plan.name for plan in plans])
+    finally:
+        runner.stop_event.set()
+        creator.join()
+    if creator.error is not None:
+        raise creator.error
+    return finished
 
 
 def start_queue(

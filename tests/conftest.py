@@ -7,7 +7,9 @@ that leaves any mount under the pytest base folder.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -63,3 +65,34 @@ def store(repo: Path) -> Iterator[Store]:
     created, _ = init_store(str(repo))
     yield created
     close_environment(os.path.join(created.root, "index"))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def private_server_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Give the expfs server of this session its own folder; stop it at the end."""
+    folder = tmp_path_factory.mktemp("server")
+    folder.chmod(0o700)
+    saved = os.environ.get("EXPFS_SERVER_DIR")
+    os.environ["EXPFS_SERVER_DIR"] = str(folder)
+    yield folder
+    if saved is None:
+        os.environ.pop("EXPFS_SERVER_DIR", None)
+    else:
+        os.environ["EXPFS_SERVER_DIR"] = saved
+    stop_servers(folder)
+
+
+def stop_servers(folder: Path) -> None:
+    """Stop the expfs servers whose pid files are in `folder` (they were started here)."""
+    for pid_file in folder.glob("server-*.pid"):
+        pid = int(pid_file.read_text())
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except FileNotFoundError:
+            continue
+        if str(folder).encode() not in cmdline:
+            continue
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)

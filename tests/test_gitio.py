@@ -236,6 +236,63 @@ def test_promote_without_changes_fails(project: Path) -> None:
     assert git(project, "branch", "--list", "exp/e0") == ""
 
 
+def commit_in_mount(project: Path, name: str, files: dict[str, str]) -> str:
+    """Mount experiment `name`, write `files` and commit them with git there."""
+    mount = project / ".expfs" / "mnt" / name
+    expfs(project, "mount", name)
+    try:
+        for rel, text in files.items():
+            (mount / rel).write_text(text)
+        git(mount, "add", *files)
+        git(mount, "commit", "-qm", f"edit in {name}")
+        return git(mount, "rev-parse", "HEAD").strip()
+    finally:
+        expfs(project, "umount", name)
+
+
+def test_promote_carries_commit_from_mount(project: Path) -> None:
+    commit = commit_in_mount(project, "e1", {"notes.txt": "why lr=0.5\n"})
+    out = expfs(
+        project, "exp", "promote", "e1", "--branch", "exp/c", "--current"
+    ).stdout
+    assert "carried 1 commit(s) made with git inside the mount" in out
+    assert git(project, "rev-parse", "exp/c^").strip() == commit
+    assert git(project, "log", "-1", "--format=%s", "exp/c^") == "edit in e1\n"
+    assert git(project, "show", "exp/c:notes.txt") == "why lr=0.5\n"
+    assert git(project, "show", "exp/c:params.yaml") == "lr: 0.5\n"
+    base = git(project, "rev-parse", "HEAD").strip()
+    assert git(project, "rev-parse", "exp/c^^").strip() == base
+
+
+def test_promote_result_leaves_later_commit(project: Path) -> None:
+    # The result snapshot was taken before the commit, so the commit's file
+    # is not among the promoted files and the commit is not carried.
+    commit_in_mount(project, "e1", {"notes.txt": "later\n"})
+    out = expfs(project, "exp", "promote", "e1", "--branch", "exp/r").stdout
+    assert "not carried" in out
+    assert "notes.txt" in out
+    base = git(project, "rev-parse", "HEAD").strip()
+    assert git(project, "rev-parse", "exp/r^").strip() == base
+    files = git(project, "ls-tree", "-r", "--name-only", "exp/r").split()
+    assert "notes.txt" not in files
+
+
+def test_promote_commit_only_changes(project: Path) -> None:
+    # Everything the workspace changed is committed inside the mount: the
+    # promotion commit is empty but carries the params and metrics.
+    mount = project / ".expfs" / "mnt" / "e1"
+    expfs(project, "mount", "e1")
+    try:
+        git(mount, "add", "-A")
+        git(mount, "commit", "-qm", "all of it")
+    finally:
+        expfs(project, "umount", "e1")
+    expfs(project, "exp", "promote", "e1", "--branch", "exp/a", "--current")
+    assert git(project, "diff", "--stat", "exp/a^", "exp/a") == ""
+    assert "Expfs-Experiment: e1" in git(project, "log", "-1", "--format=%B", "exp/a")
+    assert git(project, "log", "-1", "--format=%s", "exp/a^") == "all of it\n"
+
+
 def test_promote_into_folder(project: Path, tmp_path: Path) -> None:
     before = user_state(project)
     expfs(project, "exp", "promote", "e1", "--into", str(tmp_path / "results"))

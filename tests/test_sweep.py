@@ -147,7 +147,11 @@ def test_failed_experiment_among_good_ones(project: Path) -> None:
     failed = next(name for name, e in experiments.items() if e.status == "failed")
     assert "lr must be positive" in run(project, "queue", "logs", failed).stdout
     assert "status 1" in experiments[failed].error
+    assert experiments[failed].params == {"params.yaml": {"lr": -1, "depth": 2}}
     assert mounted_below(project) == []
+    shown = json.loads(run(project, "exp", "show", "--json").stdout)
+    row = next(r for r in shown if r["name"] == failed)
+    assert row["params"] == {"params.yaml": {"lr": -1, "depth": 2}}
 
 
 def test_same_run_key_computed_once(project: Path, tmp_path: Path) -> None:
@@ -329,6 +333,28 @@ def test_interrupt_waits_for_slow_children(project: Path, tmp_path: Path) -> Non
         text=True,
     ).stdout.split()
     assert daemons == []
+    # Daemons forked by the expfs server are its children.
+    deadline = time.monotonic() + 10
+    while server_children() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server_children() == []
+
+
+def server_children() -> list[int]:
+    """Return the live child processes of this session's expfs servers."""
+    folder = Path(os.environ["EXPFS_SERVER_DIR"])
+    servers = {int(p.read_text()) for p in folder.glob("server-*.pid")}
+    children = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if fields[0] != "Z" and int(fields[1]) in servers:
+            children.append(int(entry))
+    return children
 
 
 def test_interrupted_creation_leaves_no_worktree(project: Path) -> None:
@@ -354,3 +380,32 @@ def test_interrupted_creation_leaves_no_worktree(project: Path) -> None:
     ).stdout
     assert "half" not in worktrees
     assert not (project / ".expfs" / "workspaces" / "half").exists()
+
+
+def test_creator_stops_between_experiments(project: Path) -> None:
+    import threading
+
+    from expfs.experiments import repo_root, snapshot_base
+    from expfs.store.repo import store_for
+    from expfs.sweep import Creator, Plan
+    from expfs.tree.gitsnap import resolve_commit
+
+    store = store_for(str(project))
+    repo = repo_root(store)
+    base = snapshot_base(store, repo)
+    plans = [Plan("c1", ("lr=0.3",)), Plan("c2", ("lr=0.4",))]
+    stop = threading.Event()
+    creator = Creator(store, plans, base, resolve_commit(repo, "HEAD"), stop)
+    creator.start()
+    assert creator.wait_for("c1")
+    creator.join()
+    assert creator.error is None
+    assert sorted(show(project)) == ["c1", "c2"]
+
+    stop.set()
+    later = Creator(store, [Plan("c3", ())], base, resolve_commit(repo, "HEAD"), stop)
+    later.start()
+    later.join()
+    assert not later.wait_for("c3")
+    assert sorted(show(project)) == ["c1", "c2"]
+    assert show(project)["c1"].status == "queued"

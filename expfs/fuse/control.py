@@ -163,8 +163,9 @@ def daemon_alive(pid: int) -> bool:
             state = f.read().rsplit(")", 1)[1].split()[0]
     except (FileNotFoundError, ProcessLookupError, IndexError):
         return False
-    # A daemon is either its own interpreter or forked from the launcher.
-    known = (DAEMON_MODULE.encode(), b"expfs.fuse.launcher")
+    # A daemon is its own interpreter, or forked from the launcher or from
+    # the expfs server (`expfs_cli.server`), whose command line it keeps.
+    known = (DAEMON_MODULE.encode(), b"expfs.fuse.launcher", b"expfs_cli.server")
     return state != "Z" and any(module in cmdline for module in known)
 
 

@@ -25,6 +25,7 @@ import sys
 import threading
 import traceback
 from collections.abc import Sequence
+from typing import NoReturn
 
 from expfs.errors import ExpfsError
 
@@ -93,6 +94,70 @@ class Launcher:
             self.proc.wait()
 
 
+# The socket of the expfs server that forked this process to run a command
+# (see `expfs_cli.server`), which forks mount daemons on request too.
+server_socket: str | None = None
+
+
+class ServerLauncher:
+    """The client side when daemons are forked by the expfs server.
+
+    The server is the process this command was forked from, so it already
+    runs. When it has gone (killed, or exited while idle), a private
+    `Launcher` takes over for the rest of the command.
+    """
+
+    def __init__(self, socket_path: str, store_root: str) -> None:
+        self.socket_path = socket_path
+        self.store_root = store_root
+        self.fallback: Launcher | None = None
+
+    def spawn(self, argv: Sequence[str], ready_fd: int, log_fd: int) -> int:
+        """Fork a daemon running `expfs.fuse.daemon.main(argv)`; return its pid."""
+        if self.fallback is None:
+            try:
+                return self._spawn_in_server(argv, ready_fd, log_fd)
+            except OSError as exc:
+                log.warning(
+                    "the expfs server at %s did not respond (%s): starting a "
+                    "mount launcher",
+                    self.socket_path,
+                    exc,
+                )
+                self.fallback = Launcher(self.store_root)
+        return self.fallback.spawn(argv, ready_fd, log_fd)
+
+    def _spawn_in_server(self, argv: Sequence[str], ready_fd: int, log_fd: int) -> int:
+        request = json.dumps({"kind": "daemon", "argv": list(argv)}).encode()
+        with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as sock:
+            sock.settimeout(START_TIMEOUT_S)
+            sock.connect(self.socket_path)
+            socket.send_fds(sock, [request], [ready_fd, log_fd])
+            reply = sock.recv(MAX_REQUEST_BYTES)
+        if not reply:
+            raise ConnectionResetError("the server closed the connection")
+        answer = json.loads(reply)
+        if "error" in answer:
+            raise LauncherError(f"the expfs server could not fork: {answer['error']}")
+        pid: int = answer["pid"]
+        return pid
+
+    def close(self) -> None:
+        if self.fallback is not None:
+            self.fallback.close()
+            self.fallback = None
+
+
+AnyLauncher = Launcher | ServerLauncher
+
+
+def open_launcher(store_root: str) -> AnyLauncher:
+    """Return the expfs server's launcher when it forked this process, else a new one."""
+    if server_socket is not None:
+        return ServerLauncher(server_socket, store_root)
+    return Launcher(store_root)
+
+
 class ForkedDaemon:
     """A daemon forked by the launcher: not our child, so watched by its pid."""
 
@@ -142,29 +207,39 @@ def serve(fd: int) -> None:
             return
         if not data:
             return
-        if len(fds) != 2:
-            for extra in fds:
-                os.close(extra)
-            sock.send(json.dumps({"error": "a request needs two descriptors"}).encode())
-            continue
-        ready_fd, log_fd = fds
-        argv = json.loads(data)
-        try:
-            pid = os.fork()
-        except OSError as exc:
-            os.close(ready_fd)
-            os.close(log_fd)
-            sock.send(json.dumps({"error": str(exc)}).encode())
-            continue
-        if pid == 0:
-            sock.close()
-            _run_child(argv, ready_fd, log_fd)
+        reply = handle_spawn(json.loads(data), fds, [sock])
+        sock.send(json.dumps(reply).encode())
+
+
+def handle_spawn(
+    argv: list[str], fds: list[int], sockets: Sequence[socket.socket]
+) -> dict[str, object]:
+    """Fork a daemon for one spawn request; return the reply to send.
+
+    `fds` are the ready pipe and the log file, closed here in the parent.
+    The child closes `sockets` and never returns.
+    """
+    if len(fds) != 2:
+        for extra in fds:
+            os.close(extra)
+        return {"error": "a request needs two descriptors"}
+    ready_fd, log_fd = fds
+    try:
+        pid = os.fork()
+    except OSError as exc:
         os.close(ready_fd)
         os.close(log_fd)
-        sock.send(json.dumps({"pid": pid}).encode())
+        return {"error": str(exc)}
+    if pid == 0:
+        for sock in sockets:
+            sock.close()
+        _run_child(argv, ready_fd, log_fd)
+    os.close(ready_fd)
+    os.close(log_fd)
+    return {"pid": pid}
 
 
-def _run_child(argv: list[str], ready_fd: int, log_fd: int) -> None:
+def _run_child(argv: list[str], ready_fd: int, log_fd: int) -> NoReturn:
     """Become a daemon: new session, output to the log, then never return."""
     code = 1
     try:

@@ -19,12 +19,14 @@ from typing import Any
 
 from expfs.errors import ExpfsError
 from expfs.fuse import control
-from expfs.fuse.launcher import ForkedDaemon, Launcher
+from expfs.fuse.launcher import AnyLauncher, ForkedDaemon
 
 log = logging.getLogger(__name__)
 
 READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 30.0
+# How often stop_mount checks whether the daemon has exited, in seconds.
+STOP_POLL_S = 0.005
 
 
 class MountError(ExpfsError):
@@ -78,7 +80,7 @@ def start_mount(
     name: str,
     mountpoint: str | None = None,
     allow_other: bool = False,
-    launcher: Launcher | None = None,
+    launcher: AnyLauncher | None = None,
 ) -> str:
     """Start a daemon serving experiment `name`; return its mount point.
 
@@ -194,7 +196,7 @@ def stop_mount(store: Any, name: str) -> control.MountStatus:
                 f"not exit within {STOP_TIMEOUT_S:.0f} s: see its log at "
                 f"{control.log_path(store.root, name)}"
             )
-        time.sleep(0.02)
+        time.sleep(STOP_POLL_S)
     return status
 
 

@@ -128,6 +128,9 @@ class Options:
     cancelled: Callable[[], bool] | None = None
     # Called with (stage, "running") before a stage and (stage, action) after it.
     on_stage: Callable[[str, str], None] | None = None
+    # False skips the lock file's fsync, for a caller that stores the result
+    # durably afterwards (an experiment snapshots its workspace).
+    fsync_lock: bool = True
 
 
 @dataclass
@@ -504,7 +507,7 @@ class Repro:
             params=inputs.params,
             outs=list(outputs),
         )
-        self.lock.save()
+        self.lock.save(fsync=self.options.fsync_lock)
 
     # -- remote run-cache ----------------------------------------------------
 

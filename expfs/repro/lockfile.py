@@ -99,7 +99,12 @@ class LockFile:
                 entry, f"{self.path}: stage {name}"
             )
 
-    def save(self) -> None:
+    def save(self, fsync: bool = True) -> None:
+        """Write the lock file atomically; `fsync=False` skips the flush to disk.
+
+        Skipping is safe where a later step makes the file durable, as the
+        snapshot of an experiment's result does.
+        """
         data = {
             "schema": SCHEMA,
             "stages": {name: s.to_yaml() for name, s in sorted(self.stages.items())},
@@ -108,5 +113,6 @@ class LockFile:
         with open(temp, "w") as f:
             yaml.safe_dump(data, f, sort_keys=False)
             f.flush()
-            os.fsync(f.fileno())
+            if fsync:
+                os.fsync(f.fileno())
         os.rename(temp, self.path)

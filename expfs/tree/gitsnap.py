@@ -154,10 +154,30 @@ def worktree_paths(repo: str) -> tuple[list[bytes], list[bytes]]:
     Present: tracked files that still exist plus untracked files that
     `.gitignore` does not exclude.
     """
-    listed = git(repo, "ls-files", "-z", "--cached", "--others", "--exclude-standard")
-    deleted = set(git(repo, "ls-files", "-z", "--deleted").split(b"\0"))
-    paths = [p for p in dict.fromkeys(listed.split(b"\0")) if p and p not in deleted]
-    return paths, sorted(deleted - {b""})
+    # One git call: with -t each path comes with a tag, "R" for a tracked
+    # file deleted from the working tree (which --cached lists too).
+    out = git(
+        repo,
+        "ls-files",
+        "-z",
+        "-t",
+        "--cached",
+        "--others",
+        "--deleted",
+        "--exclude-standard",
+    )
+    listed: list[bytes] = []
+    deleted: set[bytes] = set()
+    for record in out.split(b"\0"):
+        if not record:
+            continue
+        tag, path = record[:1], record[2:]
+        if tag == b"R":
+            deleted.add(path)
+        else:
+            listed.append(path)
+    paths = [p for p in dict.fromkeys(listed) if p not in deleted]
+    return paths, sorted(deleted)
 
 
 def snapshot_worktree(

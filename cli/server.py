@@ -1,0 +1,605 @@
+"""Run `exp run` and `queue start` in a process kept running between commands.
+
+A new interpreter spends about 0.2 s importing YAML, LMDB, the pipeline and
+repro code, and a mount daemon another 0.2 s importing trio and pyfuse3
+(measured by bench/bench_exp.py on 2 cores). The expfs server imports all
+of that once and waits. Each command is a fork of it: the child takes the
+client's argv, working folder, environment, umask and its standard input,
+output and error (passed as file descriptors over the socket), runs the
+command and sends its exit status back. The child asks the server to fork
+its mount daemons too, so a mount costs no imports either.
+
+Lifecycle, one server per user and installation (the Python program and
+this package's folder), found through a socket in `/tmp/expfs-UID`:
+
+- The first command that needs it starts it, under a lock file so two
+  commands racing start one server, and waits until it listens. When it
+  cannot start, the command runs in its own process as before.
+- It exits after `EXPFS_SERVER_IDLE_S` seconds without a request (default
+  600), on SIGTERM, or at the first request after its source files changed
+  (an upgrade); the next command starts a new one. A socket left by a
+  killed server refuses connections and is replaced.
+- It opens no store and mounts nothing, so its death leaves nothing
+  mounted: the commands and daemons it forked live on in their own
+  sessions, and a command whose server is gone starts its own launcher.
+- The client forwards SIGINT, SIGTERM, SIGHUP and SIGQUIT to the command.
+  When the client dies, the command receives SIGINT, which stops its
+  experiments and unmounts them as Ctrl-C does.
+- `EXPFS_NO_SERVER=1` runs every command in its own process.
+
+The server logs its start, stop and every command to `server-KEY.log` next
+to its socket.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import struct
+import sys
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    # Annotations only, because the client imports as little as it can.
+    from collections.abc import Sequence
+    from typing import Any, NoReturn
+
+# Commands served by the server: those that mount workspaces.
+SERVED_COMMANDS = (("exp", "run"), ("queue", "start"))
+# Options that make a command print help or leave this machine, so it runs
+# in its own process.
+UNSERVED_OPTIONS = ("-h", "--help", "--cluster")
+MAX_REQUEST_BYTES = 1 << 20
+DEFAULT_IDLE_S = 600.0
+START_TIMEOUT_S = 30.0
+# Maximum time a connected client may take to send its request, in seconds.
+REQUEST_TIMEOUT_S = 5.0
+MAX_LOG_BYTES = 1 << 20
+FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+
+
+class ServerUnavailable(Exception):
+    """The server could not be reached or started; the command runs in-process."""
+
+
+# -- where the server lives ------------------------------------------------------
+
+
+def server_dir() -> str:
+    """Return the folder of this user's server sockets, created private if missing."""
+    path = os.environ.get("EXPFS_SERVER_DIR") or os.path.join(
+        os.environ.get("TMPDIR", "/tmp"), f"expfs-{os.getuid()}"
+    )
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise ServerUnavailable(f"cannot create {path}: {exc}") from None
+    info = os.lstat(path)
+    # Another user could have made the folder first, to receive our commands.
+    if info.st_uid != os.getuid() or info.st_mode & 0o077 or not os.path.isdir(path):
+        raise ServerUnavailable(
+            f"{path} is not a private folder of user {os.getuid()}: remove it"
+        )
+    return path
+
+
+def installation_key() -> str:
+    """Return a short key naming this installation: Python program and package."""
+    import hashlib
+
+    text = f"{sys.executable}\0{os.path.dirname(os.path.abspath(__file__))}"
+    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+
+
+def socket_path(folder: str) -> str:
+    return os.path.join(folder, f"server-{installation_key()}.sock")
+
+
+def source_fingerprint() -> str:
+    """Return a digest of the names, sizes and mtimes of expfs's source files.
+
+    A change means expfs was upgraded or edited, so a server that imported
+    the old code must not run commands.
+    NOTE: upgrades of dependencies alone (trio, pyfuse3) are not detected.
+    """
+    import hashlib
+
+    import expfs
+
+    digest = hashlib.blake2b(digest_size=16)
+    roots = [os.path.dirname(expfs.__file__), os.path.dirname(__file__)]
+    for root in roots:
+        for folder, dirs, files in os.walk(root):
+            dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+            for name in sorted(files):
+                if not name.endswith(".py"):
+                    continue
+                info = os.stat(os.path.join(folder, name))
+                digest.update(
+                    f"{folder}/{name}\0{info.st_size}\0{info.st_mtime_ns}\n".encode()
+                )
+    return digest.hexdigest()
+
+
+# -- the client: the `expfs` process the user started ---------------------------
+
+
+def served(argv: Sequence[str]) -> bool:
+    """Return whether CLI arguments `argv` name a command the server runs."""
+    if os.environ.get("EXPFS_NO_SERVER"):
+        return False
+    if any(arg in UNSERVED_OPTIONS or arg.startswith("--cluster=") for arg in argv):
+        return False
+    words = list(argv)
+    while words and words[0].startswith("-"):
+        option = words.pop(0)
+        if option == "-C" and words:
+            words.pop(0)
+    return tuple(words[:2]) in SERVED_COMMANDS
+
+
+def run_in_server(argv: Sequence[str]) -> int | None:
+    """Run CLI arguments `argv` in the server; return None where it cannot run them."""
+    try:
+        folder = server_dir()
+        for _ in range(3):
+            sock = _connect_or_start(folder)
+            try:
+                pid = _send_command(sock, argv)
+            except ConnectionResetError:
+                # The server closed before accepting (idle exit or stale code):
+                # nothing ran, so start a new one.
+                sock.close()
+                continue
+            return _wait_for_exit(sock, pid)
+    except ServerUnavailable:
+        return None
+    return None
+
+
+def _connect(path: str) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        sock.connect(path)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _connect_or_start(folder: str) -> socket.socket:
+    path = socket_path(folder)
+    try:
+        return _connect(path)
+    except OSError:
+        pass
+    import fcntl
+
+    with open(path.removesuffix(".sock") + ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        # Another client may have started it while this one waited.
+        try:
+            return _connect(path)
+        except OSError:
+            pass
+        _start_server(path)
+        try:
+            return _connect(path)
+        except OSError as exc:
+            raise ServerUnavailable(f"the new server does not respond: {exc}") from None
+
+
+def _start_server(path: str) -> None:
+    """Start a server on `path` and wait until it listens; the caller holds the lock."""
+    import select
+    import subprocess
+    import time
+
+    log_path = path.removesuffix(".sock") + ".log"
+    _rotate(log_path)
+    read_fd, write_fd = os.pipe()
+    try:
+        with open(log_path, "ab") as log_file:
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "expfs_cli.server",
+                    path,
+                    str(write_fd),
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=log_file,
+                pass_fds=(write_fd,),
+                start_new_session=True,
+                cwd="/",
+            )
+        os.close(write_fd)
+        write_fd = -1
+        deadline = time.monotonic() + START_TIMEOUT_S
+        data = b""
+        while b"\n" not in data:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ServerUnavailable(f"the server did not start: see {log_path}")
+            readable, _, _ = select.select([read_fd], [], [], remaining)
+            if readable:
+                chunk = os.read(read_fd, 4096)
+                if not chunk:
+                    raise ServerUnavailable(f"the server exited: see {log_path}")
+                data += chunk
+        if not data.startswith(b"ready\n"):
+            raise ServerUnavailable(f"the server did not start: see {log_path}")
+    finally:
+        os.close(read_fd)
+        if write_fd >= 0:
+            os.close(write_fd)
+
+
+def _rotate(log_path: str) -> None:
+    try:
+        if os.path.getsize(log_path) > MAX_LOG_BYTES:
+            os.replace(log_path, log_path + ".1")
+    except OSError:
+        pass
+
+
+def _std_fds() -> list[int]:
+    """Return descriptors for standard input, output and error, /dev/null if closed."""
+    fds = []
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+            fds.append(fd)
+        except OSError:
+            fds.append(os.open(os.devnull, os.O_RDWR))
+    return fds
+
+
+def _send_command(sock: socket.socket, argv: Sequence[str]) -> int:
+    """Send the command; return the pid of the child that runs it."""
+    umask = os.umask(0)
+    os.umask(umask)
+    request = {
+        "kind": "command",
+        "argv": list(argv),
+        "cwd": os.getcwd(),
+        "env": dict(os.environ),
+        "umask": umask,
+    }
+    try:
+        socket.send_fds(sock, [json.dumps(request).encode()], _std_fds())
+        reply = sock.recv(MAX_REQUEST_BYTES)
+    except (ConnectionResetError, BrokenPipeError):
+        raise ConnectionResetError("the server closed the connection") from None
+    except OSError as exc:
+        raise ServerUnavailable(f"the server failed: {exc}") from None
+    if not reply:
+        raise ConnectionResetError("the server closed the connection")
+    answer = json.loads(reply)
+    if answer.get("error") == "stale":
+        raise ConnectionResetError("the server runs older code")
+    if "error" in answer:
+        raise ServerUnavailable(answer["error"])
+    pid: int = answer["pid"]
+    return pid
+
+
+def _wait_for_exit(sock: socket.socket, pid: int) -> int:
+    """Forward signals to the command's process `pid` until it sends its status."""
+    forwarded: list[int] = []
+
+    def forward(signum: int, frame: Any) -> None:
+        forwarded.append(signum)
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            pass
+
+    for signum in FORWARDED_SIGNALS:
+        signal.signal(signum, forward)
+    reply = b""
+    while True:
+        try:
+            reply = sock.recv(MAX_REQUEST_BYTES)
+            break
+        except ConnectionResetError:
+            break
+    sock.close()
+    if reply:
+        code: int = json.loads(reply)["exit"]
+        return code
+    if forwarded:
+        # The command died of the signal we passed on: die of it too.
+        signal.signal(forwarded[-1], signal.SIG_DFL)
+        os.kill(os.getpid(), forwarded[-1])
+    print(
+        f"expfs: error: the process {pid} that ran this command ended without "
+        f"an exit status; see {socket_path(server_dir()).removesuffix('.sock')}.log",
+        file=sys.stderr,
+    )
+    return 1
+
+
+# -- the server ---------------------------------------------------------------------
+
+
+# The modules an `exp run` imports, loaded once by the server.
+PRELOADED_MODULES = (
+    "expfs_cli.main",
+    "expfs.sweep",
+    "expfs.experiments",
+    "expfs.fuse.daemon",
+    "expfs.fuse.mounts",
+    "expfs.fuse.control",
+    "expfs.pipeline",
+    "expfs.pipeline.overrides",
+    "expfs.pipeline.params",
+    "expfs.repro.engine",
+    "expfs.repro.place",
+    "expfs.store.repo",
+    "expfs.tree.gitsnap",
+    "expfs.workspace",
+    "expfs.remote.runs",
+    "rich.console",
+    "rich.live",
+    "rich.table",
+)
+
+
+class Server:
+    """The server process: accepts requests and forks a child for each."""
+
+    def __init__(self, path: str, idle_s: float) -> None:
+        import importlib
+        import logging
+
+        self.path = path
+        self.idle_s = idle_s
+        self.log = logging.getLogger("expfs.server")
+        self.fingerprint = source_fingerprint()
+        for name in PRELOADED_MODULES:
+            importlib.import_module(name)
+        from expfs_cli.main import build_parser
+
+        self.parser = build_parser()
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        self.listener.bind(path)
+        self.listener.listen(16)
+        self.inode = os.stat(path).st_ino
+
+    def serve(self) -> None:
+        import select
+
+        signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, self._on_sigterm)
+        self.log.info(
+            "server pid %d listening on %s (code %s)",
+            os.getpid(),
+            self.path,
+            self.fingerprint,
+        )
+        reason = "idle"
+        try:
+            while True:
+                readable, _, _ = select.select([self.listener], [], [], self.idle_s)
+                if not readable:
+                    break
+                conn, _ = self.listener.accept()
+                with conn:
+                    if not self._handle(conn):
+                        reason = "its source files changed"
+                        break
+        except KeyboardInterrupt:
+            reason = "SIGTERM"
+        self._close()
+        self.log.info("server pid %d stopped: %s", os.getpid(), reason)
+
+    def _on_sigterm(self, signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    def _close(self) -> None:
+        """Stop listening; remove the socket unless a newer server owns the path."""
+        import fcntl
+
+        if self.listener.fileno() < 0:
+            return
+        with open(self.path.removesuffix(".sock") + ".lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                if os.stat(self.path).st_ino == self.inode:
+                    os.unlink(self.path)
+                    os.unlink(self.path.removesuffix(".sock") + ".pid")
+            except FileNotFoundError:
+                pass
+            self.listener.close()
+
+    def _handle(self, conn: socket.socket) -> bool:
+        """Serve one connection; return False when the server must stop."""
+        from expfs.fuse import launcher
+
+        conn.settimeout(REQUEST_TIMEOUT_S)
+        pid, uid, _ = struct.unpack(
+            "3i",
+            conn.getsockopt(
+                socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")
+            ),
+        )
+        try:
+            data, fds, _, _ = socket.recv_fds(conn, MAX_REQUEST_BYTES, 3)
+        except OSError as exc:
+            self.log.warning("request from pid %d failed: %s", pid, exc)
+            return True
+        if uid != os.getuid() or not data:
+            for fd in fds:
+                os.close(fd)
+            self.log.warning("rejected a request from pid %d of user %d", pid, uid)
+            return True
+        request = json.loads(data)
+        reply: dict[str, object]
+        if request.get("kind") == "daemon":
+            reply = launcher.handle_spawn(request["argv"], fds, [conn, self.listener])
+        elif request.get("kind") == "command":
+            if source_fingerprint() != self.fingerprint:
+                for fd in fds:
+                    os.close(fd)
+                # Stop listening first, so the client's retry starts a new server.
+                self._close()
+                conn.send(json.dumps({"error": "stale"}).encode())
+                return False
+            self._fork_command(conn, request, fds)
+            return True
+        else:
+            for fd in fds:
+                os.close(fd)
+            reply = {"error": f"unknown request kind {request.get('kind')!r}"}
+        conn.send(json.dumps(reply).encode())
+        return True
+
+    def _fork_command(
+        self, conn: socket.socket, request: dict[str, Any], fds: list[int]
+    ) -> None:
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            for fd in fds:
+                os.close(fd)
+            conn.send(json.dumps({"error": f"fork failed: {exc}"}).encode())
+            return
+        if pid == 0:
+            self.listener.close()
+            run_command(conn, request, fds, self.parser, self.path)
+        for fd in fds:
+            os.close(fd)
+        self.log.info(
+            "command pid %d: expfs %s in %s",
+            pid,
+            " ".join(request["argv"]),
+            request["cwd"],
+        )
+
+
+def run_command(
+    conn: socket.socket,
+    request: dict[str, Any],
+    fds: list[int],
+    parser: Any,
+    path: str,
+) -> NoReturn:
+    """Become the client's command: its files, folder, environment; never return."""
+    import logging
+    import threading
+    import traceback
+
+    code = 1
+    try:
+        try:
+            conn.settimeout(None)
+            conn.send(json.dumps({"pid": os.getpid()}).encode())
+            os.setsid()
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            for target, fd in enumerate(fds):
+                os.dup2(fd, target)
+                os.close(fd)
+            _reopen_std_streams(request["env"])
+            os.chdir(request["cwd"])
+            os.environ.clear()
+            os.environ.update(request["env"])
+            os.umask(request["umask"])
+            sys.argv = ["expfs", *request["argv"]]
+            for name in ("", "expfs.server"):
+                for handler in logging.getLogger(name).handlers[:]:
+                    logging.getLogger(name).removeHandler(handler)
+            from expfs.fuse import launcher
+
+            launcher.server_socket = path
+            threading.Thread(target=_watch_client, args=(conn,), daemon=True).start()
+            from expfs_cli.main import main
+
+            code = main(request["argv"], parser=parser)
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        except BaseException:
+            traceback.print_exc()
+        # From here on, a client that leaves after reading the status must
+        # not interrupt the exit.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        except OSError:
+            pass
+        conn.send(json.dumps({"exit": code}).encode())
+    finally:
+        os._exit(code)
+
+
+def _reopen_std_streams(env: dict[str, str]) -> None:
+    """Rebuild sys.stdin/stdout/stderr, buffered as a new interpreter would."""
+    import io
+
+    unbuffered = bool(env.get("PYTHONUNBUFFERED"))
+    for fd, name in ((0, "stdin"), (1, "stdout"), (2, "stderr")):
+        old = getattr(sys, name)
+        raw = open(fd, "rb" if fd == 0 else "wb", closefd=False)  # noqa: SIM115
+        stream = io.TextIOWrapper(
+            raw,
+            encoding=old.encoding,
+            errors=old.errors,
+            line_buffering=fd != 0 and (fd == 2 or os.isatty(fd)),
+            write_through=unbuffered and fd != 0,
+        )
+        setattr(sys, name, stream)
+
+
+def _watch_client(conn: socket.socket) -> None:
+    """Interrupt the command when its client goes away (killed, or its terminal closed)."""
+    try:
+        data = conn.recv(1)
+    except OSError:
+        data = b""
+    if not data:
+        os.kill(os.getpid(), signal.SIGINT)
+
+
+def _main(argv: Sequence[str]) -> int:
+    import logging
+
+    path, ready_fd = argv[0], int(argv[1])
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s %(process)d %(levelname)s %(message)s")
+    )
+    server_log = logging.getLogger("expfs.server")
+    server_log.addHandler(handler)
+    server_log.setLevel(logging.INFO)
+    server_log.propagate = False
+    idle_s = float(os.environ.get("EXPFS_SERVER_IDLE_S") or DEFAULT_IDLE_S)
+    try:
+        server = Server(path, idle_s)
+    except Exception as exc:
+        server_log.exception("server failed to start on %s", path)
+        os.write(ready_fd, f"error: {exc}\n".encode())
+        return 1
+    pid_path = path.removesuffix(".sock") + ".pid"
+    with open(pid_path, "w") as f:
+        f.write(f"{os.getpid()}\n")
+    os.write(ready_fd, b"ready\n")
+    os.close(ready_fd)
+    server.serve()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))

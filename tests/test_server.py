@@ -1,0 +1,340 @@
+"""The expfs server that runs `exp run` with its imports done: its lifecycle.
+
+Each test gives the server its own folder (EXPFS_SERVER_DIR) and stops the
+server it started by the pid the server wrote there.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import stop_servers
+
+pytestmark = pytest.mark.fuse
+
+EXPFS = [sys.executable, "-m", "expfs"]
+
+STAGE_FILE = """\
+stages:
+  train:
+    cmd: sh train.sh
+    deps: [train.sh]
+    params: [x]
+    metrics:
+      - metrics.json:
+          cache: false
+"""
+TRAIN_SCRIPT = """\
+x=$(sed -n 's/^x: //p' params.yaml)
+[ -n "$KILL_SERVER" ] && [ "$x" = 1 ] && kill -9 "$(cat "$KILL_SERVER")"
+if [ -n "$STAGE_SLEEP" ]; then sleep "$STAGE_SLEEP" & echo $! >> "$STAGE_COUNTER"; wait; fi
+echo "{\\"score\\": $((x * 2))}" > metrics.json
+"""
+
+
+@pytest.fixture
+def server_dir(tmp_path: Path) -> Iterator[Path]:
+    folder = tmp_path / "s"
+    folder.mkdir(mode=0o700)
+    try:
+        yield folder
+    finally:
+        stop_servers(folder)
+
+
+@pytest.fixture
+def project(repo: Path, server_dir: Path) -> Iterator[Path]:
+    if not os.path.exists("/dev/fuse") or shutil.which("fusermount3") is None:
+        pytest.skip("needs /dev/fuse and fusermount3 (apt-get install fuse3)")
+    (repo / "dvc.yaml").write_text(STAGE_FILE)
+    (repo / "train.sh").write_text(TRAIN_SCRIPT)
+    (repo / "params.yaml").write_text("x: 0\n")
+    (repo / ".gitignore").write_text("metrics.json\n")
+    subprocess.run(["git", "-C", str(repo), "add", "-A"], check=True)
+    subprocess.run(["git", "-C", str(repo), "commit", "-qm", "pipeline"], check=True)
+    expfs(repo, server_dir, "init")
+    try:
+        yield repo
+    finally:
+        unmount_all(repo)
+
+
+def expfs(
+    cwd: Path, server_dir: Path, *args: str, check: bool = True, **env: str
+) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [*EXPFS, *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "EXPFS_SERVER_DIR": str(server_dir), **env},
+    )
+    if check:
+        assert proc.returncode == 0, f"expfs {' '.join(args)}: {proc.stderr}"
+    return proc
+
+
+def unmount_all(root: Path) -> None:
+    for target in mounted_below(root):
+        subprocess.run(["fusermount3", "-uz", target], check=False)
+
+
+def mounted_below(root: Path) -> list[str]:
+    with open("/proc/self/mounts") as f:
+        return [line.split()[1] for line in f if line.split()[1].startswith(f"{root}/")]
+
+
+def statuses(repo: Path) -> dict[str, str]:
+    from expfs.experiments import list_experiments
+    from expfs.store.repo import store_for
+
+    return {e.name: e.status for e in list_experiments(store_for(str(repo)))}
+
+
+def server_pid(server_dir: Path) -> int | None:
+    pid_files = list(server_dir.glob("server-*.pid"))
+    if not pid_files:
+        return None
+    assert len(pid_files) == 1, pid_files
+    return int(pid_files[0].read_text())
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def server_log(server_dir: Path) -> str:
+    return "".join(p.read_text() for p in server_dir.glob("server-*.log"))
+
+
+def wait_until(condition: object, timeout_s: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():  # type: ignore[operator]
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_server_started_then_reused(project: Path, server_dir: Path) -> None:
+    expfs(project, server_dir, "exp", "run", "-S", "x=2", "--name", "a")
+    first = server_pid(server_dir)
+    assert first is not None
+    assert alive(first)
+    expfs(project, server_dir, "exp", "run", "-S", "x=3", "--name", "b")
+    assert server_pid(server_dir) == first
+    assert statuses(project) == {"a": "success", "b": "success"}
+    log = server_log(server_dir)
+    assert log.count("listening on") == 1
+    assert "expfs exp run -S x=2 --name a" in log
+    assert "expfs exp run -S x=3 --name b" in log
+    assert mounted_below(project) == []
+
+
+def test_command_output_and_status_reach_client(
+    project: Path, server_dir: Path
+) -> None:
+    proc = expfs(project, server_dir, "exp", "run", "-S", "x=4", "--name", "c")
+    assert "c: success  score=8" in proc.stdout
+    failed = expfs(project, server_dir, "exp", "run", "-S", "nosuch=1", check=False)
+    assert failed.returncode == 2
+    assert "param 'nosuch' not found" in failed.stderr
+    assert server_pid(server_dir) is not None
+
+
+def test_no_server_when_disabled(project: Path, server_dir: Path) -> None:
+    expfs(
+        project,
+        server_dir,
+        "exp",
+        "run",
+        "-S",
+        "x=2",
+        "--name",
+        "a",
+        EXPFS_NO_SERVER="1",
+    )
+    assert statuses(project) == {"a": "success"}
+    assert server_pid(server_dir) is None
+    assert not list(server_dir.glob("*.sock"))
+
+
+def test_idle_server_exits(project: Path, server_dir: Path) -> None:
+    expfs(
+        project,
+        server_dir,
+        "exp",
+        "run",
+        "-S",
+        "x=2",
+        "--name",
+        "a",
+        EXPFS_SERVER_IDLE_S="1",
+    )
+    pid = server_pid(server_dir)
+    assert pid is not None
+    assert wait_until(lambda: not alive(pid))
+    assert not list(server_dir.glob("*.sock"))
+    assert "stopped: idle" in server_log(server_dir)
+    expfs(project, server_dir, "exp", "run", "-S", "x=3", "--name", "b")
+    assert server_pid(server_dir) not in (None, pid)
+    assert statuses(project) == {"a": "success", "b": "success"}
+
+
+def test_stale_socket_replaced(project: Path, server_dir: Path) -> None:
+    # A socket file without a listener, as a server killed with SIGKILL leaves.
+    expfs(project, server_dir, "exp", "run", "-S", "x=2", "--name", "a")
+    pid = server_pid(server_dir)
+    assert pid is not None
+    (path,) = server_dir.glob("*.sock")
+    os.kill(pid, signal.SIGKILL)
+    assert wait_until(lambda: not alive(pid))
+    assert path.exists()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as probe:
+        with pytest.raises(ConnectionRefusedError):
+            probe.connect(str(path))
+    expfs(project, server_dir, "exp", "run", "-S", "x=3", "--name", "b")
+    assert server_pid(server_dir) not in (None, pid)
+    assert statuses(project) == {"a": "success", "b": "success"}
+    assert mounted_below(project) == []
+
+
+def test_server_killed_during_sweep(project: Path, server_dir: Path) -> None:
+    # The first experiment's stage kills the server; the second must mount
+    # through a launcher of its own.
+    expfs(project, server_dir, "exp", "run", "-S", "x=5", "--name", "warm")
+    pid = server_pid(server_dir)
+    assert pid is not None
+    pid_file = next(server_dir.glob("server-*.pid"))
+    expfs(
+        project,
+        server_dir,
+        "exp",
+        "run",
+        "-S",
+        "x=1,2",
+        "-j",
+        "1",
+        "--name",
+        "k",
+        KILL_SERVER=str(pid_file),
+    )
+    assert not alive(pid)
+    assert statuses(project) == {"warm": "success", "k-1": "success", "k-2": "success"}
+    assert mounted_below(project) == []
+
+
+def test_concurrent_starts_share_one_server(project: Path, server_dir: Path) -> None:
+    env = {**os.environ, "EXPFS_SERVER_DIR": str(server_dir)}
+    procs = [
+        subprocess.Popen(
+            [*EXPFS, "exp", "run", "-S", f"x={i}", "--name", f"c{i}"],
+            cwd=project,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(4)
+    ]
+    for proc in procs:
+        _, stderr = proc.communicate(timeout=120)
+        assert proc.returncode == 0, stderr
+    assert server_log(server_dir).count("listening on") == 1
+    assert statuses(project) == {f"c{i}": "success" for i in range(4)}
+    assert mounted_below(project) == []
+
+
+def test_changed_source_restarts_server(project: Path, server_dir: Path) -> None:
+    import expfs as package
+
+    expfs(project, server_dir, "exp", "run", "-S", "x=2", "--name", "a")
+    pid = server_pid(server_dir)
+    assert pid is not None
+    source = Path(package.__file__)
+    before = source.stat()
+    try:
+        os.utime(source, ns=(before.st_atime_ns, before.st_mtime_ns + 1_000_000_000))
+        expfs(project, server_dir, "exp", "run", "-S", "x=3", "--name", "b")
+    finally:
+        os.utime(source, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert server_pid(server_dir) not in (None, pid)
+    assert "stopped: its source files changed" in server_log(server_dir)
+    assert statuses(project) == {"a": "success", "b": "success"}
+
+
+def test_killed_client_stops_experiment(
+    project: Path, server_dir: Path, tmp_path: Path
+) -> None:
+    counter = tmp_path / "counter.txt"
+    env = {
+        **os.environ,
+        "EXPFS_SERVER_DIR": str(server_dir),
+        "STAGE_SLEEP": "60",
+        "STAGE_COUNTER": str(counter),
+    }
+    client = subprocess.Popen(
+        [*EXPFS, "exp", "run", "-S", "x=7", "--name", "slow"],
+        cwd=project,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert wait_until(counter.exists), "the stage never started"
+        client.kill()
+        client.wait()
+        assert wait_until(lambda: statuses(project)["slow"] == "stopped")
+        assert wait_until(lambda: mounted_below(project) == [])
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.wait()
+    sleeper = int(counter.read_text().split()[0])
+    assert wait_until(lambda: not alive(sleeper))
+
+
+def test_interrupt_forwarded_to_command(
+    project: Path, server_dir: Path, tmp_path: Path
+) -> None:
+    counter = tmp_path / "counter.txt"
+    env = {
+        **os.environ,
+        "EXPFS_SERVER_DIR": str(server_dir),
+        "STAGE_SLEEP": "60",
+        "STAGE_COUNTER": str(counter),
+    }
+    client = subprocess.Popen(
+        [*EXPFS, "exp", "run", "-S", "x=8", "--name", "slow"],
+        cwd=project,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert wait_until(counter.exists), "the stage never started"
+        client.send_signal(signal.SIGINT)
+        _, stderr = client.communicate(timeout=60)
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.wait()
+    assert client.returncode == 130
+    assert "interrupted" in stderr
+    assert statuses(project) == {"slow": "stopped"}
+    assert mounted_below(project) == []
