@@ -47,6 +47,18 @@ Named databases in the shared index. Keys are bytes; LMDB keys are at most
     runs        run key (32 raw bytes) -> JSON `RunRecord` (see
                 `expfs.runcache`): the outputs, metrics and timing of the
                 last successful run with that key. Written by repro.
+    verified    blob digest (32 raw bytes) -> inode, size and mtime_ns of the
+                blob file when its bytes last hashed to its name (three u64,
+                big-endian; see `Store.check_blob`). A blob whose file still
+                has these fields is not hashed again when it is checked out:
+                any write changes its mtime. Written when a blob is stored
+                and when a check-out verifies it.
+    links       BLAKE3(absolute path bytes) -> how a checkout linked that
+                path to a blob: kind, inode, size, mtime_ns, the mode the
+                run recorded and the digest (see `expfs.tree.checkout`).
+                Lets a fingerprint name a linked file by the digest and
+                mode it was restored with, not by the blob's mode 0444 or
+                a symlink's target. Written by repro's checkout restores.
     runinputs   run key (32 raw bytes) -> JSON of the inputs that the key
                 hashes: command, wdir, dependency digests, params, output
                 paths (see `expfs.remote.inputs`). Remote run-cache entries
@@ -95,6 +107,8 @@ DB_GITMAP = b"gitmap"
 DB_EXPERIMENTS = b"experiments"
 DB_RUNS = b"runs"
 DB_RUN_INPUTS = b"runinputs"
+DB_VERIFIED = b"verified"
+DB_LINKS = b"links"
 
 # Every named database of the shared index, opened together at start-up.
 SHARED_DATABASES = (
@@ -106,6 +120,8 @@ SHARED_DATABASES = (
     DB_RUNS,
     DB_EXPERIMENTS,
     DB_RUN_INPUTS,
+    DB_VERIFIED,
+    DB_LINKS,
 )
 
 META_FORMAT_KEY = b"format"
