@@ -18,7 +18,8 @@ from typing import Any
 # Tools in the order of the results table, with the label of each line.
 TOOLS = {
     "expfs-mount": "expfs mount",
-    "expfs-checkout": "expfs checkout",
+    "expfs-checkout": "expfs default",
+    "expfs-hardlink": "expfs hardlink",
     "dvc-copy": "DVC copy",
     "dvc-hardlink": "DVC hardlink",
     "dvc-symlink": "DVC symlink",

@@ -53,8 +53,25 @@ def register(sub: Any) -> None:
         action="store_true",
         help="neither look up nor push runs on the default remote",
     )
+    p.add_argument(
+        "--link",
+        metavar="TYPES",
+        help="how a plain checkout restores outputs: reflink, hardlink, symlink "
+        "or copy, or a comma-separated list tried in order (default: [cache] "
+        "type in .expfs/config, else reflink,copy); linked files are read-only",
+    )
     p.add_argument("--file", default="dvc.yaml", help="stage file (default: dvc.yaml)")
     p.set_defaults(handler=cmd_repro)
+
+    p = sub.add_parser(
+        "unprotect",
+        help="replace outputs linked to the store by writable copies",
+        description="Replace files that `expfs repro --link hardlink|symlink` "
+        "linked to the store with private writable copies, as `dvc unprotect` "
+        "does, so that writing to them cannot change stored content.",
+    )
+    p.add_argument("paths", nargs="+", metavar="PATH", help="files or folders")
+    p.set_defaults(handler=cmd_unprotect)
 
     p = sub.add_parser("status", help="list the stages that are out of date, and why")
     p.add_argument("--file", default="dvc.yaml", help="stage file (default: dvc.yaml)")
@@ -71,7 +88,12 @@ def _repro(args: argparse.Namespace, **overrides: Any) -> Any:
     from expfs.store.repo import store_for
 
     store = store_for(".")
-    place = place_for(store, os.getcwd())
+    link_types = None
+    if getattr(args, "link", None):
+        from expfs.repro.checkout import parse_link_types
+
+        link_types = parse_link_types(args.link, "--link")
+    place = place_for(store, os.getcwd(), link_types)
     root = place.root
     stage_file = os.path.relpath(os.path.abspath(args.file), root)
     options = Options(
@@ -91,6 +113,20 @@ def _repro(args: argparse.Namespace, **overrides: Any) -> Any:
 def cmd_repro(args: argparse.Namespace) -> int:
     repro = _repro(args)
     repro.run(args.targets)
+    return 0
+
+
+def cmd_unprotect(args: argparse.Namespace) -> int:
+    from expfs.errors import UsageError
+    from expfs.repro.checkout import unprotect
+    from expfs.store.repo import store_for
+
+    store = store_for(".")
+    for path in args.paths:
+        if not os.path.lexists(path):
+            raise UsageError(f"{path} not found: give an output's file or folder")
+        count = unprotect(store, path)
+        print(f"{path}: {count} linked file(s) replaced by writable copies")
     return 0
 
 

@@ -14,6 +14,10 @@ PROJECT = Path(__file__).resolve().parent.parent
 DVC_VENV = PROJECT / "bench" / "work" / "dvc-venv"
 RESTORE_TOOLS = (
     "expfs-checkout",
+    "expfs-copy",
+    "expfs-hardlink",
+    "expfs-symlink",
+    "dvc-default",
     "dvc-copy",
     "dvc-hardlink",
     "dvc-symlink",
@@ -21,7 +25,7 @@ RESTORE_TOOLS = (
     "cp-al",
 )
 # Tools that promise to restore permission bits exactly.
-MODE_KEEPING = ("expfs-mount", "expfs-checkout", "cp-a", "cp-al")
+MODE_KEEPING = ("expfs-mount", "expfs-checkout", "expfs-copy", "cp-a", "cp-al")
 WORKSPACE_TOOLS = ("expfs-exp-new", "expfs-create-in-process", "git-worktree", "cp-r")
 
 pytestmark = [pytest.mark.slow, pytest.mark.fuse]

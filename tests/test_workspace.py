@@ -413,3 +413,31 @@ def test_remove_workspace(store: Store, base: Digest) -> None:
 def test_unknown_name_not_found(ws: Workspace) -> None:
     with pytest.raises(NotFound):
         ws.resolve(b"nope")
+
+
+class CountingDict(dict[int, object]):
+    """A dict that counts full scans through `values()`."""
+
+    scans = 0
+
+    def values(self):  # type: ignore[override]
+        self.scans += 1
+        return super().values()
+
+
+def test_forget_storm_scans_once(
+    ws: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import expfs.workspace.workspace as workspace_module
+
+    monkeypatch.setattr(workspace_module, "MAX_IDLE_NODES", 3)
+    monkeypatch.setattr(ws, "_trim_at", 3)
+    paths = [b"src", b"src/main.py", b"src/deep", b"src/deep/er", b"data.bin"]
+    paths += [b"src/deep/er/leaf.txt", b"run.sh", b"empty", b"link"]
+    inos = [lookup(ws, p) for p in paths]
+    counting = CountingDict(ws.nodes)
+    ws.nodes = counting  # type: ignore[assignment]
+    for ino in inos:
+        ws.forget(ino, 1)
+    assert counting.scans == 1
+    assert set(ws.nodes) == {ROOT_INO}

@@ -219,6 +219,19 @@ def run_all(config: dict[str, Any], dvc: Dvc, work: Path) -> dict[str, Any]:
     return record
 
 
+def compile_expfs() -> None:
+    """Write the bytecode of expfs's own modules, as installing a package does.
+
+    pip compiles every module of a package it installs (DVC's included), but
+    an editable install under PYTHONDONTWRITEBYTECODE=1 never caches
+    bytecode, so each `expfs` command would compile its modules again.
+    """
+    import compileall
+
+    for folder in ("expfs", "cli"):
+        compileall.compile_dir(str(PROJECT / folder), quiet=1)
+
+
 def load_note(start: str, end: str) -> str:
     busiest = max(float(start.split()[0]), float(end.split()[0]))
     cores = os.cpu_count() or 1
@@ -250,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.render_only is not None:
         record = json.loads(args.render_only.read_text())
         return publish(record, results, plots_dir)
+    compile_expfs()
     dvc = prepare_dvc(args, work)
     dvc_version = (
         version_of([str(dvc.program), "--version"], dvc.env)

@@ -20,19 +20,42 @@ from bench.restore.tools import (
     make_writable_and_remove,
 )
 
-DVC_CACHE_TYPES = ("copy", "hardlink", "symlink")
+# DVC's cache.type for each DVC tool; "reflink,copy" is DVC's default.
+DVC_CACHE_TYPES = {
+    "dvc-default": "reflink,copy",
+    "dvc-copy": "copy",
+    "dvc-hardlink": "hardlink",
+    "dvc-symlink": "symlink",
+}
+# `expfs repro --link` of each expfs checkout tool; None is the default
+# (reflink,copy, as DVC's).
+EXPFS_LINK_TYPES = {
+    "expfs-checkout": None,
+    "expfs-copy": "copy",
+    "expfs-hardlink": "hardlink",
+    "expfs-symlink": "symlink",
+}
+# Each expfs checkout tool and the DVC tool it is compared with.
+LIKE_FOR_LIKE = {
+    "expfs-checkout": "dvc-default",
+    "expfs-copy": "dvc-copy",
+    "expfs-hardlink": "dvc-hardlink",
+    "expfs-symlink": "dvc-symlink",
+}
 TOOL_ORDER = (
     "expfs-mount",
-    "expfs-checkout",
-    "dvc-copy",
-    "dvc-hardlink",
-    "dvc-symlink",
+    *EXPFS_LINK_TYPES,
+    *DVC_CACHE_TYPES,
     "cp-a",
     "cp-al",
 )
 TOOL_LABELS = {
     "expfs-mount": "expfs mount",
-    "expfs-checkout": "expfs checkout",
+    "expfs-checkout": "expfs default",
+    "expfs-copy": "expfs copy",
+    "expfs-hardlink": "expfs hardlink",
+    "expfs-symlink": "expfs symlink",
+    "dvc-default": "DVC default",
     "dvc-copy": "DVC copy",
     "dvc-hardlink": "DVC hardlink",
     "dvc-symlink": "DVC symlink",
@@ -138,27 +161,31 @@ class CaseRun:
         try:
             repo.create()
         except ToolFailed as exc:
-            self.mark("expfs-checkout", "failed", f"set-up failed: {exc}")
-            self.mark("expfs-mount", "failed", f"set-up failed: {exc}")
+            for name in ("expfs-mount", *EXPFS_LINK_TYPES):
+                self.mark(name, "failed", f"set-up failed: {exc}")
             return
         self.expfs_repo = repo
         self.tools.append(ExpfsMount(repo, f"bench-{self.case.name}"))
-        self.tools.append(ExpfsCheckout(repo))
+        for name, link in EXPFS_LINK_TYPES.items():
+            self.tools.append(ExpfsCheckout(repo, name, TOOL_LABELS[name], link))
 
     def set_up_dvc(self) -> None:
         if self.dvc.program is None:
-            for cache_type in DVC_CACHE_TYPES:
-                self.mark(f"dvc-{cache_type}", "pending", self.dvc.missing_reason)
+            for name in DVC_CACHE_TYPES:
+                self.mark(name, "pending", self.dvc.missing_reason)
             return
         repo = DvcRepo(self.folder / "dvc", self.source, self.dvc.env, self.dvc.program)
         try:
             repo.create()
         except ToolFailed as exc:
-            for cache_type in DVC_CACHE_TYPES:
-                self.mark(f"dvc-{cache_type}", "failed", f"set-up failed: {exc}")
+            for name in DVC_CACHE_TYPES:
+                self.mark(name, "failed", f"set-up failed: {exc}")
             return
         self.dvc_repo = repo
-        self.tools.extend(DvcTool(repo, cache_type) for cache_type in DVC_CACHE_TYPES)
+        self.tools.extend(
+            DvcTool(repo, name, TOOL_LABELS[name], cache_type)
+            for name, cache_type in DVC_CACHE_TYPES.items()
+        )
 
     def measure(self, warmups: int, reps: int) -> None:
         expected = manifest(self.source / "A" / "out")

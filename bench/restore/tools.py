@@ -160,6 +160,8 @@ class RestoreTool:
 
 class PipelineTool(RestoreTool):
     marker = ""
+    # Arguments after `repro`.
+    repro_args: tuple[str, ...] = ()
 
     def __init__(self, repo: PipelineRepo) -> None:
         self.repo = repo
@@ -176,7 +178,9 @@ class PipelineTool(RestoreTool):
         """
         runs_before = count_runs(self.cwd)
         set_variant(self.cwd, variant)
-        done = timed_run([self.repo.program, "repro"], self.cwd, self.repo.env)
+        done = timed_run(
+            [self.repo.program, "repro", *self.repro_args], self.cwd, self.repo.env
+        )
         if timed or count_runs(self.cwd) != runs_before:
             self.expect_restored(done.output, runs_before)
         return done.seconds
@@ -196,11 +200,21 @@ class PipelineTool(RestoreTool):
 
 
 class ExpfsCheckout(PipelineTool):
-    """`expfs repro` in a plain checkout, timed as a command and in-process."""
+    """`expfs repro` in a plain checkout with a link type, as a command.
 
-    name = "expfs-checkout"
-    label = "expfs checkout"
+    The default link type is also timed in-process.
+    """
+
     marker = EXPFS_RESTORED
+
+    def __init__(
+        self, repo: PipelineRepo, name: str, label: str, link: str | None
+    ) -> None:
+        super().__init__(repo)
+        self.name = name
+        self.label = label
+        self.link = link
+        self.repro_args = ("--link", link) if link else ()
 
     def flip_in_process(self, variant: str, timed: bool = True) -> float:
         runs_before = count_runs(self.cwd)
@@ -218,7 +232,7 @@ class ExpfsCheckout(PipelineTool):
 
     def measure(self, expected: Manifest) -> Sample:
         sample = super().measure(expected)
-        if not sample.check.content_ok:
+        if not sample.check.content_ok or self.link is not None:
             return sample
         self.flip_in_process("B", timed=False)
         sample.seconds["in_process"] = self.flip_in_process("A")
@@ -292,11 +306,11 @@ class DvcTool(PipelineTool):
 
     marker = DVC_RESTORED
 
-    def __init__(self, repo: DvcRepo, cache_type: str) -> None:
+    def __init__(self, repo: DvcRepo, name: str, label: str, cache_type: str) -> None:
         super().__init__(repo)
         self.cache_type = cache_type
-        self.name = f"dvc-{cache_type}"
-        self.label = f"DVC {cache_type}"
+        self.name = name
+        self.label = label
 
     def measure(self, expected: Manifest) -> Sample:
         assert isinstance(self.repo, DvcRepo)

@@ -3,7 +3,8 @@
 Repro asks a place for four things: the digest of a path, a snapshot of an
 output (storing it), putting stored content at a path, and removing a path.
 A plain checkout answers from the disk and the store's stat cache and puts
-content in place by copying from the store; a mounted workspace answers
+content in place by its link types (see `expfs.repro.checkout`); a mounted
+workspace answers
 from its daemon and grafts, which costs no bytes. Repro never asks which
 kind it has.
 """
@@ -11,17 +12,14 @@ kind it has.
 from __future__ import annotations
 
 import os
-import shutil
 import stat
+from collections.abc import Sequence
 from typing import Protocol
 
 from expfs.runcache import OutputRecord
 from expfs.store.lazy import ensure_local
 from expfs.store.objects import Store
 from expfs.store.trees import Digest, Entry, Kind, find_entry
-from expfs.tree.fingerprint import fingerprint_path
-from expfs.tree.materialize import Materializer
-from expfs.tree.snapshot import snapshot_path
 
 
 class Place(Protocol):
@@ -56,18 +54,29 @@ def _record(
 
 
 class CheckoutPlace:
-    """A plain folder: a Git checkout outside any mount."""
+    """A plain folder: a Git checkout outside any mount.
+
+    Outputs are restored with `link_types` (a list tried in order per file),
+    by default those configured for the store.
+    """
 
     lazy_restore = False
 
-    def __init__(self, store: Store, root: str) -> None:
+    def __init__(
+        self, store: Store, root: str, link_types: Sequence[str] | None = None
+    ) -> None:
+        from expfs.repro.checkout import configured_link_types
+
         self.store = store
         self.root = os.path.abspath(root)
+        self.link_types = tuple(link_types or configured_link_types(store))
 
     def _abs(self, path: str) -> str:
         return os.path.join(self.root, path)
 
     def digest_of(self, path: str) -> tuple[Kind, Digest] | None:
+        from expfs.tree.fingerprint import fingerprint_path
+
         found = fingerprint_path(self.store, self._abs(path))
         return None if found is None else (found.kind, found.digest)
 
@@ -85,6 +94,8 @@ class CheckoutPlace:
             link = os.readlink(target)
             digest = self.store.put_bytes(os.fsencode(link))
             return _record(path, Kind.SYMLINK, digest, 0o777, len(os.fsencode(link)))
+        from expfs.tree.snapshot import snapshot_path
+
         digest = snapshot_path(self.store, target)
         mode = stat.S_IMODE(st.st_mode)
         if stat.S_ISDIR(st.st_mode):
@@ -93,25 +104,20 @@ class CheckoutPlace:
         return _record(path, Kind.FILE, digest, mode, st.st_size)
 
     def put(self, out: OutputRecord) -> None:
+        from expfs.repro.checkout import CheckoutWriter
+
         target = self._abs(out.path)
         # Blobs that a lazy restore left on a remote are fetched first.
         ensure_local(self.store, Kind(out.kind), out.digest)
         self.remove(out.path)
         os.makedirs(os.path.dirname(target), exist_ok=True)
-        writer = Materializer(self.store, "copy")
-        kind = Kind(out.kind)
-        if kind is Kind.DIRECTORY:
-            os.mkdir(target, 0o700)
-            writer.write_tree(out.digest, os.fsencode(target))
-            os.chmod(target, out.mode)
-        elif kind is Kind.SYMLINK:
-            os.symlink(self.store.read_blob(out.digest), target)
-        else:
-            self.store.copy_blob(out.digest, target, out.mode)
+        CheckoutWriter(self.store, self.link_types).write(out, target)
 
     def remove(self, path: str) -> None:
         target = self._abs(path)
         if os.path.isdir(target) and not os.path.islink(target):
+            import shutil
+
             shutil.rmtree(target)
         elif os.path.lexists(target):
             os.unlink(target)
@@ -214,11 +220,14 @@ def mount_containing(store: Store, path: str) -> tuple[str, str] | None:
     return None
 
 
-def place_for(store: Store, cwd: str) -> Place:
-    """Return the place that `cwd` lies in: a mounted workspace or the checkout."""
+def place_for(store: Store, cwd: str, link_types: Sequence[str] | None = None) -> Place:
+    """Return the place that `cwd` lies in: a mounted workspace or the checkout.
+
+    `link_types` applies to a checkout; a mount grafts outputs instead.
+    """
     found = mount_containing(store, cwd)
     if found is None:
-        return CheckoutPlace(store, os.path.dirname(store.root))
+        return CheckoutPlace(store, os.path.dirname(store.root), link_types)
     from expfs.fuse.control import ControlClient
 
     name, mountpoint = found

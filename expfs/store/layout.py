@@ -57,6 +57,18 @@ Named databases in the shared index. Keys are bytes; LMDB keys are at most
                 single-file output restored that way, with its size.
                 Materializing and `expfs pull` fetch what is missing and
                 remove the marks; gc drops marks of objects it removes.
+    verified    blob digest (32 raw bytes) -> inode, size and mtime_ns of the
+                blob file when its bytes last hashed to its name (three u64,
+                big-endian; see `Store.check_blob`). A blob whose file still
+                has these fields is not hashed again when it is checked out:
+                any write changes its mtime. Written when a blob is stored
+                and when a check-out verifies it.
+    links       BLAKE3(absolute path bytes) -> how a checkout linked that
+                path to a blob: kind, inode, size, mtime_ns, the mode the
+                run recorded and the digest (see `expfs.tree.checkout`).
+                Lets a fingerprint name a linked file by the digest and
+                mode it was restored with, not by the blob's mode 0444 or
+                a symlink's target. Written by repro's checkout restores.
     runinputs   run key (32 raw bytes) -> JSON of the inputs that the key
                 hashes: command, wdir, dependency digests, params, output
                 paths (see `expfs.remote.inputs`). Remote run-cache entries
@@ -106,6 +118,8 @@ DB_EXPERIMENTS = b"experiments"
 DB_RUNS = b"runs"
 DB_RUN_INPUTS = b"runinputs"
 DB_LAZY = b"lazy"
+DB_VERIFIED = b"verified"
+DB_LINKS = b"links"
 
 # Every named database of the shared index, opened together at start-up.
 SHARED_DATABASES = (
@@ -118,6 +132,8 @@ SHARED_DATABASES = (
     DB_EXPERIMENTS,
     DB_RUN_INPUTS,
     DB_LAZY,
+    DB_VERIFIED,
+    DB_LINKS,
 )
 
 META_FORMAT_KEY = b"format"

@@ -63,13 +63,15 @@ class Environment:
             sync=sync,
         )
         self._grow_lock = threading.Lock()
-        self.dbs: dict[bytes, lmdb._Database] = {}
-        for name in databases:
-            self.dbs[name] = self._open_db(name)
+        self.dbs: dict[bytes, lmdb._Database] = self._open_dbs(list(databases))
 
-    def _open_db(self, name: bytes) -> lmdb._Database:
-        def create(txn: lmdb.Transaction) -> lmdb._Database:
-            return self.env.open_db(name, txn=txn, create=True)
+    def _open_dbs(self, names: list[bytes]) -> dict[bytes, lmdb._Database]:
+        """Open (creating if needed) every named database in one transaction."""
+
+        def create(txn: lmdb.Transaction) -> dict[bytes, lmdb._Database]:
+            return {
+                name: self.env.open_db(name, txn=txn, create=True) for name in names
+            }
 
         return self._retry(lambda: self._in_write(create))
 

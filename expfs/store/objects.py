@@ -11,9 +11,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import shutil
 import struct
-import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import BinaryIO
 
@@ -41,6 +39,14 @@ CHUNK_BYTES = 1 << 20
 MULTITHREAD_MIN_BYTES = 8 << 20
 BLOB_MODE = 0o444
 _SIZE = struct.Struct(">Q")
+# A verification mark: inode, size and mtime_ns of a blob file whose bytes
+# hashed to its name. A write through a hard link changes the mtime, so a
+# blob whose file still has these fields is not hashed again on check-out.
+_MARK = struct.Struct(">QQQ")
+
+
+def mark_of(st: os.stat_result) -> bytes:
+    return _MARK.pack(st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def new_hasher(size_hint: int = 0) -> blake3.blake3:
@@ -173,7 +179,9 @@ class Store:
         return os.path.exists(self.blob_path(digest))
 
     def _temp_path(self) -> str:
-        return os.path.join(self.tmp_dir, uuid.uuid4().hex)
+        # 128 random bits, as uuid4 has, without importing uuid (and platform)
+        # at start-up.
+        return os.path.join(self.tmp_dir, os.urandom(16).hex())
 
     def _install(self, temp: str, digest: Digest, size: int) -> Digest:
         """Rename a fsynced temporary file into place as blob `digest`."""
@@ -189,8 +197,23 @@ class Store:
             os.chmod(temp, BLOB_MODE)
             os.rename(temp, final)
             fsync_dir(shard)
+            self._index_marked([(digest, size, os.stat(final))])
+            return digest
         self.index_blob(digest, size)
         return digest
+
+    def _index_marked(self, rows: Sequence[tuple[str, int, os.stat_result]]) -> None:
+        """Index freshly written blobs with their verification marks, at once."""
+        blobs = self.env.db(layout.DB_BLOBS)
+        marks = self.env.db(layout.DB_VERIFIED)
+        packed = [(raw(d), _SIZE.pack(size), mark_of(st)) for d, size, st in rows]
+
+        def write(txn: object) -> None:
+            for key, size, mark in packed:
+                txn.put(key, size, db=blobs)  # type: ignore[attr-defined]
+                txn.put(key, mark, db=marks)  # type: ignore[attr-defined]
+
+        self.env.write(write)
 
     def index_blob(self, digest: str, size: int) -> None:
         """Record a blob file that is in place in the `blobs` database."""
@@ -301,10 +324,13 @@ class Store:
     def _install_many(self, staged: Sequence[tuple[str, Digest, int]]) -> None:
         """Rename fsynced temporary files into place and index them at once."""
         shards: set[str] = set()
-        for temp, digest, _ in staged:
+        written: list[tuple[str, int, os.stat_result]] = []
+        present: list[tuple[str, int]] = []
+        for temp, digest, size in staged:
             final = self.blob_path(digest)
             if os.path.exists(final):
                 os.unlink(temp)
+                present.append((digest, size))
                 continue
             shard = os.path.dirname(final)
             if shard not in shards:
@@ -312,15 +338,18 @@ class Store:
                 shards.add(shard)
             os.chmod(temp, BLOB_MODE)
             os.rename(temp, final)
+            written.append((digest, size, os.stat(final)))
         _in_threads(fsync_dir, sorted(shards))
-        rows = [(raw(digest), _SIZE.pack(size)) for _, digest, size in staged]
+        self._index_marked(written)
+        rows = [(raw(digest), _SIZE.pack(size)) for digest, size in present]
         handle = self.env.db(layout.DB_BLOBS)
 
         def write(txn: object) -> None:
             for key, value in rows:
                 txn.put(key, value, db=handle)  # type: ignore[attr-defined]
 
-        self.env.write(write)
+        if rows:
+            self.env.write(write)
 
     def open_blob(self, digest: str) -> BinaryIO:
         try:
@@ -345,10 +374,9 @@ class Store:
         with self.open_blob(digest) as src:
             size = os.fstat(src.fileno()).st_size
             if size >= KERNEL_COPY_MIN_BYTES:
-                # Verify first (multithreaded over a mapping), then let the
-                # kernel copy only the data extents, so holes stay holes.
-                if hash_file(self.blob_path(digest)) != digest:
-                    raise CorruptObject(digest, self.blob_path(digest))
+                # Verify first (or trust the blob's verification mark), then
+                # let the kernel copy only the data extents, so holes stay holes.
+                self.check_blob(digest, os.fstat(src.fileno()))
                 fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
                 try:
                     copy_data_extents(src.fileno(), fd, size)
@@ -371,6 +399,64 @@ class Store:
         if hasher.hexdigest() != digest:
             os.unlink(dest)
             raise CorruptObject(digest, self.blob_path(digest))
+
+    def check_blob(self, digest: str, st: os.stat_result | None = None) -> None:
+        """Raise `CorruptObject` unless blob `digest` hashes to its name.
+
+        A blob whose file still has the inode, size and mtime of its
+        verification mark is trusted without reading it; otherwise it is
+        hashed and, when it matches, marked again. `st` is the blob file's
+        stat when the caller has it. Damage that leaves the mtime alone
+        (a failing disk) is found by `expfs fsck`, which hashes every blob.
+        """
+        path = self.blob_path(digest)
+        if st is None:
+            try:
+                st = os.stat(path)
+            except FileNotFoundError:
+                raise MissingObject(digest) from None
+        if self.env.get(layout.DB_VERIFIED, raw(digest)) == mark_of(st):
+            return
+        self.hash_blob(digest, st)
+        self.record_marks({digest: mark_of(st)})
+
+    def hash_blob(self, digest: str, st: os.stat_result) -> bytes:
+        """Hash blob `digest`, raise `CorruptObject` on a mismatch; return its mark.
+
+        `st` is the blob file's stat taken before hashing, so a write during
+        the hash leaves a mark that no longer matches.
+        """
+        path = self.blob_path(digest)
+        if hash_file(path) != digest:
+            raise CorruptObject(digest, path)
+        return mark_of(st)
+
+    def record_marks(self, marks: dict[str, bytes]) -> None:
+        """Store verification marks, as `hash_blob` returns them, in one transaction."""
+        handle = self.env.db(layout.DB_VERIFIED)
+        rows = [(raw(digest), mark) for digest, mark in marks.items()]
+
+        def write(txn: object) -> None:
+            for key, value in rows:
+                txn.put(key, value, db=handle)  # type: ignore[attr-defined]
+
+        if rows:
+            self.env.write(write)
+
+    def verified_marks(self, digests: Iterable[str]) -> dict[str, bytes]:
+        """Return the verification mark of each of `digests` that has one."""
+        handle = self.env.db(layout.DB_VERIFIED)
+        wanted = sorted(set(digests))
+
+        def scan(txn: object) -> dict[str, bytes]:
+            found: dict[str, bytes] = {}
+            for digest in wanted:
+                value = txn.get(raw(digest), db=handle)  # type: ignore[attr-defined]
+                if value is not None:
+                    found[digest] = bytes(value)
+            return found
+
+        return self.env.read(scan)
 
     def verify_blob(self, digest: str) -> bool:
         """Return True when the blob exists and hashes to its name."""
@@ -511,11 +597,18 @@ class Store:
             os.unlink(path)
         except FileNotFoundError:
             pass
-        handle = self.env.db(layout.DB_BLOBS)
-        self.env.write(lambda txn: txn.delete(raw(digest), db=handle))
+        blobs = self.env.db(layout.DB_BLOBS)
+        marks = self.env.db(layout.DB_VERIFIED)
+
+        def write(txn: object) -> None:
+            txn.delete(raw(digest), db=blobs)  # type: ignore[attr-defined]
+            txn.delete(raw(digest), db=marks)  # type: ignore[attr-defined]
+
+        self.env.write(write)
 
     def clean_tmp(self, older_than_s: float) -> int:
         """Remove temporary files left by crashed writers; return how many."""
+        import shutil
         import time
 
         removed = 0

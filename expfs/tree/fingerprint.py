@@ -4,7 +4,9 @@ The digest is the one a snapshot would produce (a blob digest for a file, a
 tree digest for a folder), so a dependency's fingerprint and a stored
 output's digest compare directly. Nothing is written to the store except the
 stat cache, which lets the next fingerprint skip files whose size, mtime,
-ctime and inode did not change.
+ctime and inode did not change. A file that a checkout linked to a blob
+(see `expfs.store.links`) is named by that blob's digest and the mode the
+run recorded, as the output it restores.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import stat
 import time
 from dataclasses import dataclass
 
+from expfs.store.links import LinkRecords
 from expfs.store.objects import Store, hash_file
 from expfs.store.statcache import StatCache
 from expfs.store.trees import (
@@ -24,7 +27,7 @@ from expfs.store.trees import (
     encode_tree,
     tree_digest,
 )
-from expfs.tree.snapshot import RACY_WINDOW_NS, walk_folder
+from expfs.tree.snapshot import RACY_WINDOW_NS, Listing, walk_folder
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,11 @@ def fingerprint_path(store: Store, path: str | bytes) -> Fingerprint | None:
         st = os.lstat(target)
     except FileNotFoundError:
         return None
+    if not stat.S_ISDIR(st.st_mode):
+        linked = LinkRecords(store).lookup_many({target: st})
+        if target in linked:
+            digest, mode = linked[target]
+            return Fingerprint(Kind.FILE, digest, mode, os.stat(target).st_size)
     if stat.S_ISLNK(st.st_mode):
         link = os.readlink(target)
         return Fingerprint(Kind.SYMLINK, digest_bytes(link), 0o777, len(link))
@@ -49,21 +57,46 @@ def fingerprint_path(store: Store, path: str | bytes) -> Fingerprint | None:
         digest = _hash_files(store, {target: st})[target]
         return Fingerprint(Kind.FILE, digest, stat.S_IMODE(st.st_mode), st.st_size)
     listing = walk_folder(target, [os.fsencode(store.root)])
-    absolute = {os.path.join(target, rel): s for rel, s in listing.files.items()}
+    entries = _linked_entries(store, target, listing)
+    absolute = {
+        os.path.join(target, rel): s
+        for rel, s in listing.files.items()
+        if rel not in entries
+    }
     digests = _hash_files(store, absolute)
-    entries: dict[bytes, Entry] = {}
     for rel, s in listing.files.items():
+        if rel in entries:
+            continue
         digest = digests[os.path.join(target, rel)]
         entries[rel] = Entry(
             os.path.basename(rel), Kind.FILE, stat.S_IMODE(s.st_mode), digest, s.st_size
         )
     for rel in listing.symlinks:
+        if rel in entries:
+            continue
         link = os.readlink(os.path.join(target, rel))
         entries[rel] = Entry(
             os.path.basename(rel), Kind.SYMLINK, 0o777, digest_bytes(link), len(link)
         )
     digest, size = _tree_digest(entries, listing.dir_modes)
     return Fingerprint(Kind.DIRECTORY, digest, stat.S_IMODE(st.st_mode), size)
+
+
+def _linked_entries(store: Store, root: bytes, listing: Listing) -> dict[bytes, Entry]:
+    """Return entries for the files under `root` that a checkout linked to blobs."""
+    candidates = {
+        os.path.join(root, rel): st
+        for rel, st in (*listing.files.items(), *listing.symlinks.items())
+        if stat.S_ISLNK(st.st_mode) or st.st_nlink > 1
+    }
+    if not candidates:
+        return {}
+    entries: dict[bytes, Entry] = {}
+    for path, (digest, mode) in LinkRecords(store).lookup_many(candidates).items():
+        rel = os.path.relpath(path, root)
+        size = os.stat(path).st_size
+        entries[rel] = Entry(os.path.basename(rel), Kind.FILE, mode, digest, size)
+    return entries
 
 
 def _hash_files(

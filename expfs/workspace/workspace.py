@@ -181,6 +181,9 @@ class Workspace:
         self.upper = UpperFiles(os.path.join(folder, UPPER_DIR))
         self.trees = TreeCache(store)
         self.nodes: dict[int, Node] = {}
+        # `_trim` scans every node in memory, so it runs again only once the
+        # table has grown past this size (see there).
+        self._trim_at = MAX_IDLE_NODES
         self.handles: dict[int, Node] = {}
         self._next_fh = itertools.count(1)
         self._clean_dirs: dict[int, tuple[int, bytes]] = {}
@@ -373,13 +376,22 @@ class Workspace:
         return node
 
     def _trim(self) -> None:
-        """Drop unreferenced, saved inodes once too many are in memory."""
+        """Drop unreferenced, saved inodes once too many are in memory.
+
+        A scan that leaves many inodes (the kernel still references them)
+        sets the next one at twice the size left, so a kernel forgetting a
+        large tree inode by inode pays for one scan, not one per inode.
+        """
         if len(self.nodes) <= MAX_IDLE_NODES:
+            self._trim_at = MAX_IDLE_NODES
+            return
+        if len(self.nodes) <= self._trim_at:
             return
         for node in list(self.nodes.values()):
             if not (node.lookups or node.opens or node.unsaved or node.orphan):
                 if node.ino != ROOT_INO:
                     del self.nodes[node.ino]
+        self._trim_at = max(MAX_IDLE_NODES, 2 * len(self.nodes))
 
     def _loaded(self, ino: int, data: bytes) -> Node:
         record = decode_record(data)

@@ -1,0 +1,273 @@
+"""Restores in a plain checkout by link type: content, modes, protection, fsck."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sample_pipeline import SCRIPTS, THREE_STAGES
+
+from expfs.errors import UsageError
+from expfs.repro.checkout import configured_link_types, parse_link_types
+from expfs.repro.engine import Options, Outcome, Repro
+from expfs.repro.lockfile import LOCK_NAME, LockFile
+from expfs.repro.place import CheckoutPlace
+from expfs.store.fsck import fsck
+from expfs.store.lmdbenv import close_environment
+from expfs.store.objects import Store, hash_file
+from expfs.store.repo import init_store
+
+LINK_CASES = ["copy", "hardlink", "symlink", "reflink,copy"]
+
+
+def write_pipeline(root: Path, n: int = 5, lr: float = 0.1) -> None:
+    (root / "dvc.yaml").write_text(THREE_STAGES)
+    for name, body in SCRIPTS.items():
+        (root / name).write_text(textwrap.dedent(body))
+    set_params(root, n, lr)
+
+
+def set_params(root: Path, n: int, lr: float) -> None:
+    (root / "params.yaml").write_text(f"prepare:\n  n: {n}\ntrain:\n  lr: {lr}\n")
+
+
+def repro(store: Store, root: Path, link: str | None = None) -> dict[str, str]:
+    types = None if link is None else link.split(",")
+    engine = Repro(
+        store,
+        CheckoutPlace(store, str(root), types),
+        options=Options(),
+        out=io.StringIO(),
+    )
+    outcomes: list[Outcome] = engine.run()
+    return {o.stage: o.action for o in outcomes}
+
+
+def runs(root: Path) -> list[str]:
+    return (root / "runs.log").read_text().split()
+
+
+def recorded_modes(root: Path) -> dict[str, int]:
+    lock = LockFile(str(root / LOCK_NAME))
+    return {o.path: o.mode for s in lock.stages.values() for o in s.outs}
+
+
+def flip_back(store: Store, root: Path, link: str) -> dict[str, str]:
+    """Run n=5 then n=6 with copies, then restore n=5 with `link`."""
+    write_pipeline(root, n=5)
+    repro(store, root)
+    set_params(root, 6, 0.1)
+    repro(store, root)
+    set_params(root, 5, 0.1)
+    return repro(store, root, link)
+
+
+def is_blob_link(store: Store, path: Path) -> bool:
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode):
+        return os.readlink(path).startswith(store.objects_dir)
+    digest = hash_file(str(path))
+    blob = os.stat(store.blob_path(digest))
+    return (st.st_ino, st.st_dev) == (blob.st_ino, blob.st_dev)
+
+
+@pytest.mark.parametrize("link", LINK_CASES)
+def test_flip_back_restores_by_link_type(store: Store, repo: Path, link: str) -> None:
+    actions = flip_back(store, repo, link)
+    assert actions["prepare"] == "restored"
+    assert actions["train"] == "restored"
+    assert actions["evaluate"] == "restored"
+    assert runs(repo).count("prepare") == 2
+    assert runs(repo).count("train") == 2
+    parts = sorted(os.listdir(repo / "data"))
+    assert parts == [f"part{i}.txt" for i in range(5)]
+    assert (repo / "data" / "part3.txt").read_text() == "3" * 50
+    assert fsck(store).ok
+
+
+@pytest.mark.parametrize("link", ["hardlink", "symlink"])
+def test_linked_files_point_at_blobs(store: Store, repo: Path, link: str) -> None:
+    flip_back(store, repo, link)
+    part = repo / "data" / "part1.txt"
+    assert is_blob_link(store, part)
+    assert stat.S_IMODE(os.stat(part).st_mode) == 0o444
+    assert os.access(repo / "data", os.W_OK)
+
+
+@pytest.mark.parametrize("link", ["copy", "reflink,copy"])
+def test_copies_keep_recorded_modes(store: Store, repo: Path, link: str) -> None:
+    flip_back(store, repo, link)
+    modes = recorded_modes(repo)
+    for path in ("data", "model.txt", "bin/tool"):
+        assert stat.S_IMODE(os.lstat(repo / path).st_mode) == modes[path], path
+    part = repo / "data" / "part0.txt"
+    assert not is_blob_link(store, part)
+    assert os.stat(part).st_nlink == 1
+
+
+@pytest.mark.parametrize("link", ["hardlink", "symlink"])
+def test_executable_output_is_copied(store: Store, repo: Path, link: str) -> None:
+    write_pipeline(repo, lr=0.1)
+    repro(store, repo)
+    set_params(repo, 5, 0.2)
+    repro(store, repo)
+    set_params(repo, 5, 0.1)
+    assert repro(store, repo, link)["train"] == "restored"
+    tool = repo / "bin" / "tool"
+    assert not os.path.islink(tool)
+    assert stat.S_IMODE(os.stat(tool).st_mode) == 0o755
+    assert is_blob_link(store, repo / "model.txt")
+
+
+@pytest.mark.parametrize("link", ["hardlink", "symlink"])
+def test_linked_outputs_skip_and_keep_keys(store: Store, repo: Path, link: str) -> None:
+    flip_back(store, repo, link)
+    # The folder `data` is a dependency of train: a link-aware fingerprint
+    # gives it the recorded digest, so every stage is up to date.
+    assert repro(store, repo, link) == {
+        "prepare": "skipped",
+        "train": "skipped",
+        "evaluate": "skipped",
+    }
+    assert repro(store, repo, "copy")["train"] == "skipped"
+
+
+def test_many_files_written_in_parallel(store: Store, repo: Path) -> None:
+    write_pipeline(repo, n=700)
+    repro(store, repo)
+    expected = {p: (repo / "data" / p).read_bytes() for p in os.listdir(repo / "data")}
+    set_params(repo, 3, 0.1)
+    repro(store, repo)
+    set_params(repo, 700, 0.1)
+    assert repro(store, repo, "copy")["prepare"] == "restored"
+    found = {p: (repo / "data" / p).read_bytes() for p in os.listdir(repo / "data")}
+    assert found == expected
+    assert fsck(store).ok
+
+
+def test_root_write_through_hardlink_is_caught(store: Store, repo: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root, whom the read-only mode does not stop")
+    flip_back(store, repo, "hardlink")
+    part = repo / "data" / "part2.txt"
+    with open(part, "a") as f:
+        f.write("damage")
+    set_params(repo, 6, 0.1)
+    repro(store, repo, "hardlink")
+    set_params(repo, 5, 0.1)
+    # The damaged blob fails its check, so the stage runs instead.
+    assert repro(store, repo, "hardlink")["prepare"] == "ran"
+    assert (repo / "data" / "part2.txt").read_text() == "2" * 50
+    problems = fsck(store).problems
+    assert [p.kind for p in problems] == ["corrupt"]
+
+
+def test_unprotect_makes_private_copies(store: Store, repo: Path) -> None:
+    flip_back(store, repo, "hardlink")
+    modes = recorded_modes(repo)
+    done = subprocess.run(
+        [sys.executable, "-m", "expfs_cli.main", "unprotect", "data", "model.txt"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "data: 5 linked file(s) replaced" in done.stdout
+    part = repo / "data" / "part0.txt"
+    assert os.stat(part).st_nlink == 1
+    assert stat.S_IMODE(os.stat(repo / "model.txt").st_mode) == modes["model.txt"]
+    part.write_text("edited")
+    assert fsck(store).ok
+    # The edited output no longer matches the lock file: restored again.
+    assert repro(store, repo)["prepare"] == "restored"
+    assert part.read_text() == "0" * 50
+
+
+def test_link_type_from_config(store: Store, repo: Path) -> None:
+    config = Path(store.root) / "config"
+    config.write_text('[cache]\ntype = "symlink,copy"\n')
+    assert configured_link_types(store) == ("symlink", "copy")
+    flip_back(store, repo, "copy")
+    set_params(repo, 6, 0.1)
+    repro(store, repo)
+    set_params(repo, 5, 0.1)
+    assert repro(store, repo)["prepare"] == "restored"
+    assert os.path.islink(repo / "data" / "part0.txt")
+
+
+def test_default_link_types_are_dvcs(store: Store) -> None:
+    assert configured_link_types(store) == ("reflink", "copy")
+
+
+def test_bad_link_type_in_config_named(store: Store) -> None:
+    config = Path(store.root) / "config"
+    config.write_text('[cache]\ntype = "softlink"\n')
+    with pytest.raises(UsageError) as caught:
+        configured_link_types(store)
+    assert "softlink" in str(caught.value)
+    assert str(config) in str(caught.value)
+
+
+def test_bad_link_option_rejected(store: Store, repo: Path) -> None:
+    write_pipeline(repo)
+    done = subprocess.run(
+        [sys.executable, "-m", "expfs_cli.main", "repro", "--link", "hard"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2
+    assert "invalid link type 'hard' in --link" in done.stderr
+    assert not (repo / "runs.log").exists()
+
+
+def test_parse_link_types_keeps_order() -> None:
+    assert parse_link_types("hardlink, copy", "x") == ("hardlink", "copy")
+    with pytest.raises(UsageError):
+        parse_link_types("", "x")
+
+
+@pytest.fixture
+def shared_repo() -> Iterator[tuple[Store, Path]]:
+    """A repository that user `nobody` can read, outside root's private folders."""
+    if os.geteuid() != 0 or shutil.which("runuser") is None:
+        pytest.skip("needs root and runuser to switch to user nobody")
+    folder = Path(tempfile.mkdtemp(prefix="expfs-links-", dir="/tmp"))
+    folder.chmod(0o755)
+    root = folder / "repo"
+    root.mkdir()
+    subprocess.run(["git", "init", "-q", str(root)], check=True)
+    created, _ = init_store(str(root))
+    try:
+        yield created, root
+    finally:
+        close_environment(os.path.join(created.root, "index"))
+        shutil.rmtree(folder)
+
+
+def test_unprivileged_write_to_hardlink_denied(
+    shared_repo: tuple[Store, Path],
+) -> None:
+    store, root = shared_repo
+    flip_back(store, root, "hardlink")
+    part = root / "data" / "part4.txt"
+    blob = store.blob_path(hash_file(str(part)))
+    before = Path(blob).read_bytes()
+    done = subprocess.run(
+        ["runuser", "-u", "nobody", "--", "sh", "-c", f"echo x >> '{part}'"],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode != 0
+    assert "Permission denied" in done.stderr
+    assert Path(blob).read_bytes() == before
+    assert fsck(store).ok
