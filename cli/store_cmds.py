@@ -167,7 +167,7 @@ def _print_entry(entry: Any, path: bytes) -> None:
 
 def cmd_cat(args: argparse.Namespace) -> int:
     from expfs.errors import UsageError
-    from expfs.store.lazy import ensure_local
+    from expfs.remote.lazy import ensure_local
     from expfs.store.repo import store_for
     from expfs.store.trees import Kind
 
@@ -198,6 +198,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 
 def cmd_materialize(args: argparse.Namespace) -> int:
+    from expfs.remote.lazy import ensure_local
     from expfs.store.repo import store_for
     from expfs.tree.materialize import materialize
 
@@ -210,6 +211,7 @@ def cmd_materialize(args: argparse.Namespace) -> int:
         link=args.link,
         force=args.force,
         progress=lambda files, size: _progress("writing")(files, 0, size),
+        ensure=ensure_local,
     )
     _end_progress()
     print(f"wrote {writer.files} files ({writer.bytes} bytes) to {args.dest}")

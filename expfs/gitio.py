@@ -43,9 +43,10 @@ import yaml
 
 from expfs.errors import ExpfsError, MissingObject, StoreNotFound, UsageError
 from expfs.experiments import Experiment, get_experiment, repo_root
+from expfs.remote.lazy import ensure_local
 from expfs.repro.lockfile import LOCK_NAME, LockedStage
 from expfs.runcache import OutputRecord
-from expfs.store.lazy import ensure_local, is_available
+from expfs.store.lazy import is_available
 from expfs.store.objects import Store
 from expfs.store.trees import Digest, Entry, Kind
 from expfs.tree.diff import Change, Status, diff_trees
@@ -488,7 +489,7 @@ def _fill_worktree(
         if os.path.basename(c.path) == LOCK_NAME.encode()
     ]
     outputs = {o.path: o for o in snapshot_outputs(store, snapshot, lock_paths)}
-    writer = Materializer(store, "copy")
+    writer = Materializer(store, "copy", ensure=ensure_local)
     root = os.fsencode(path)
     first = [c for c in changes if os.path.basename(c.path) == b".gitignore"]
     for change in first:
@@ -645,7 +646,7 @@ def promote_into(
     experiment = get_experiment(store, name)
     snapshot = experiment_snapshot(store, experiment, current)
     target = os.path.join(os.path.abspath(folder), name)
-    materialize(store, snapshot, target, link=link, force=force)
+    materialize(store, snapshot, target, link=link, force=force, ensure=ensure_local)
     return target, snapshot
 
 
@@ -727,7 +728,7 @@ def apply(
         return result
     paths = [os.fsdecode(c.path) for c in to_write]
     result.backup = save_backup(store, repo, name, paths)
-    writer = Materializer(store, "copy")
+    writer = Materializer(store, "copy", ensure=ensure_local)
     root = os.fsencode(repo)
     for change in to_write:
         _write_change(writer, root, change)
@@ -826,7 +827,7 @@ def undo_apply(store: Store, backup_id: str | None = None) -> tuple[str, list[st
     record = backups[chosen]
     snapshot = Digest(record["snapshot"])
     root = os.fsencode(repo_root(store))
-    writer = Materializer(store, "copy")
+    writer = Materializer(store, "copy", ensure=ensure_local)
     for rel in record["paths"]:
         saved = entry_at(store, snapshot, rel)
         _write_change(
@@ -889,7 +890,7 @@ def checkout(store: Store, worktree: str, *, link: str = "copy") -> CheckoutResu
     from expfs.tree.fingerprint import fingerprint_path
 
     result = CheckoutResult(worktree)
-    writer = Materializer(store, link)
+    writer = Materializer(store, link, ensure=ensure_local)
     for lock_path in worktree_lock_files(worktree):
         with open(os.path.join(worktree, lock_path), "rb") as f:
             outputs = parse_lock(f.read(), os.path.join(worktree, lock_path))

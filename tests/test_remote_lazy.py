@@ -16,12 +16,13 @@ from expfs.errors import MissingObject
 from expfs.gc import gc
 from expfs.remote.config import RemoteConfig, config_files
 from expfs.remote.inputs import key_of, make_inputs
+from expfs.remote.lazy import ensure_local
 from expfs.remote.runs import push, remote_lookup, remote_record
 from expfs.remote.transfer import Remote, Stats, object_rel
 from expfs.runcache import OutputRecord, RunCache, RunRecord
 from expfs.store import Store
 from expfs.store.fsck import fsck
-from expfs.store.lazy import ensure_local, is_available, is_complete, lazy_mark
+from expfs.store.lazy import is_available, is_complete, lazy_mark
 from expfs.store.trees import Digest, Kind
 from expfs.tree.materialize import materialize
 from expfs.tree.snapshot import snapshot_path
@@ -106,7 +107,7 @@ def test_materialize_fetches_then_clears_marks(
     remote_lookup(second_store, remote, record.key, "gen", fetch_blobs=False)
     tree = record.outputs[0].digest
     target = tmp_path / "out"
-    materialize(second_store, tree, str(target))
+    materialize(second_store, tree, str(target), ensure=ensure_local)
     for name, text in FILES.items():
         assert (target / name).read_text() == text
     assert is_complete(second_store, Kind.DIRECTORY, tree)
@@ -153,7 +154,7 @@ def test_lazy_fetch_with_corrupt_object_stores_nothing_bad(
     os.chmod(path, 0o644)
     path.write_text("corrupt")
     with pytest.raises(Exception, match=victim):
-        materialize(second_store, tree, str(tmp_path / "out"))
+        materialize(second_store, tree, str(tmp_path / "out"), ensure=ensure_local)
     assert not second_store.has_blob(victim)
     assert lazy_mark(second_store, tree) is not None
     assert os.listdir(second_store.tmp_dir) == []
@@ -196,7 +197,7 @@ def test_snapshot_over_lazy_graft_is_lazy(
     report = fsck(second_store)
     assert report.ok, [str(p) for p in report.problems]
     target = tmp_path / "materialized"
-    materialize(second_store, root, str(target))
+    materialize(second_store, root, str(target), ensure=ensure_local)
     assert (target / "model.bin").read_bytes() == b"weights" * 1000
     assert (target / "out" / "a").read_text() == FILES["a"]
     assert lazy_mark(second_store, root) is None

@@ -12,11 +12,17 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from typing import TYPE_CHECKING
 
 from expfs.errors import ExpfsError, MissingObject, UsageError
-from expfs.remote.transfer import Remote, Stats
-from expfs.store.lazy import Missing, clear_marks, lazy_mark
+from expfs.store.lazy import Missing, clear_marks, lazy_mark, missing_below
 from expfs.store.objects import Store
+from expfs.store.trees import Kind
+
+if TYPE_CHECKING:
+    # The transfer machinery (fsspec, asyncio) is imported only when a blob
+    # is actually missing, so that materializing costs no start-up time.
+    from expfs.remote.transfer import Remote
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +60,21 @@ def open_named_remote(store: Store, name: str, digest: str) -> Remote:
         ) from None
 
 
+def ensure_local(store: Store, kind: Kind, digest: str) -> None:
+    """Fetch every blob that a lazy restore left on a remote below `digest`.
+
+    Costs one index lookup for a complete tree. A blob without a mark of
+    its own (a file inside a lazy tree) comes from the default remote.
+    Raises `MissingObject` when a blob is absent and there is no remote to
+    fetch it from, and the remote's errors (`CorruptRemoteObject`,
+    `RemoteObjectMissing`, `RemoteError`) when a download fails; nothing
+    unverified enters the store.
+    """
+    missing = missing_below(store, kind, digest)
+    if missing:
+        fetch_missing(store, missing)
+
+
 def fetch_missing(store: Store, missing: Missing) -> None:
     """Download the blobs in `missing`, verified, then clear its trees' marks."""
     by_remote: dict[str, list[str]] = {}
@@ -65,6 +86,8 @@ def fetch_missing(store: Store, missing: Missing) -> None:
 
 
 def _fetch_from(store: Store, remote: Remote, digests: list[str]) -> None:
+    from expfs.remote.transfer import Stats
+
     stats = Stats()
     log.info(
         "fetching %d blobs restored lazily from remote %s", len(digests), remote.label

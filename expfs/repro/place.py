@@ -17,7 +17,6 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from expfs.runcache import OutputRecord
-from expfs.store.lazy import ensure_local
 from expfs.store.objects import Store
 from expfs.store.trees import Digest, Entry, Kind, find_entry
 
@@ -104,6 +103,7 @@ class CheckoutPlace:
         return _record(path, Kind.FILE, digest, mode, st.st_size)
 
     def put(self, out: OutputRecord) -> None:
+        from expfs.remote.lazy import ensure_local
         from expfs.repro.checkout import CheckoutWriter
 
         target = self._abs(out.path)

@@ -17,8 +17,9 @@ size, since there is no tree entry to carry it. A tree that references a
 lazy tree or an absent blob is itself stored with a mark (a workspace
 snapshot over a lazy graft does this), so "unmarked means complete" holds.
 
-`ensure_local` fetches what a lazy tree or blob lacks, then clears the
-marks. Materializing and `expfs pull` call it. A mark never becomes wrong
+`missing_below` lists what a lazy tree or blob lacks. The remote layer
+(`expfs.remote.lazy.ensure_local`) fetches it and clears the marks before
+anything is materialized, and `expfs pull` does the same. A mark never becomes wrong
 by itself: a blob fetched later only makes the mark conservative.
 """
 
@@ -195,23 +196,3 @@ def missing_below(store: Store, kind: Kind, digest: str) -> Missing:
             elif not store.has_blob(entry.digest):
                 missing.blobs.setdefault(entry.digest, mark.remote)
     return missing
-
-
-def ensure_local(store: Store, kind: Kind, digest: str) -> None:
-    """Fetch every blob that a lazy restore left on a remote below `digest`.
-
-    Costs one index lookup for a complete tree. A blob without a mark of
-    its own (a file inside a lazy tree) comes from the default remote.
-    Raises `MissingObject` when a blob is absent and there is no remote to
-    fetch it from, and the remote's errors (`CorruptRemoteObject`,
-    `RemoteObjectMissing`, `RemoteError`) when a download fails; nothing
-    unverified enters the store.
-    """
-    missing = missing_below(store, kind, digest)
-    if not missing:
-        return
-    # The one call from the store to a higher layer: only the remote layer
-    # can download, and it is imported only when something is missing.
-    from expfs.remote.lazy import fetch_missing
-
-    fetch_missing(store, missing)

@@ -17,7 +17,6 @@ import os
 from collections.abc import Callable
 
 from expfs.errors import CorruptObject, DestinationNotEmpty, UsageError
-from expfs.store.lazy import ensure_local
 from expfs.store.objects import BLOB_MODE, Store, hash_file
 from expfs.store.trees import Entry, Kind
 
@@ -29,10 +28,20 @@ FICLONE = 0x40049409  # _IOW(0x94, 9, int) from linux/fs.h
 ProgressFn = Callable[[int, int], None]
 """Called as progress(files_written, bytes_written)."""
 
+EnsureFn = Callable[[Store, Kind, str], None]
+"""Called as ensure(store, kind, digest) before an object is written, to
+fetch what a lazy restore left on a remote (`expfs.remote.lazy.ensure_local`,
+passed in by callers above the remote layer). Without it a missing blob
+fails with `MissingObject`."""
+
 
 class Materializer:
     def __init__(
-        self, store: Store, link: str = "copy", progress: ProgressFn | None = None
+        self,
+        store: Store,
+        link: str = "copy",
+        progress: ProgressFn | None = None,
+        ensure: EnsureFn | None = None,
     ):
         if link not in MODES:
             raise UsageError(
@@ -41,6 +50,7 @@ class Materializer:
         self.store = store
         self.link = link
         self.progress = progress
+        self.ensure = ensure
         self.files = 0
         self.bytes = 0
         self.reflink_failed = False
@@ -50,12 +60,14 @@ class Materializer:
 
         Blobs that a lazy restore left on a remote are fetched first.
         """
-        ensure_local(self.store, Kind.DIRECTORY, digest)
+        if self.ensure is not None:
+            self.ensure(self.store, Kind.DIRECTORY, digest)
         self._write_tree(digest, dest)
 
     def write_entry(self, entry: Entry, path: bytes) -> None:
         """Write one entry at `path`, fetching what a lazy restore left remote."""
-        ensure_local(self.store, entry.kind, entry.digest)
+        if self.ensure is not None:
+            self.ensure(self.store, entry.kind, entry.digest)
         self._write_entry(entry, path)
 
     def _write_tree(self, digest: str, dest: bytes) -> None:
@@ -125,15 +137,16 @@ def materialize(
     link: str = "copy",
     force: bool = False,
     progress: ProgressFn | None = None,
+    ensure: EnsureFn | None = None,
 ) -> Materializer:
     """Write snapshot `digest` into `dest`, creating the folder if needed.
 
     `dest` must be missing or empty unless `force` is set; with `force`,
     entries already there are left alone except those the snapshot
-    replaces.
+    replaces. `ensure` fetches what a lazy restore left on a remote.
     """
     target = os.fsencode(os.path.abspath(dest))
-    writer = Materializer(store, link, progress)
+    writer = Materializer(store, link, progress, ensure)
     if not store.has_tree(digest):
         if store.has_blob(digest):
             raise UsageError(
@@ -141,7 +154,8 @@ def materialize(
                 "or give the digest of a tree"
             )
         store.get_tree(digest)  # raises MissingObject
-    ensure_local(store, Kind.DIRECTORY, digest)
+    if ensure is not None:
+        ensure(store, Kind.DIRECTORY, digest)
     if os.path.lexists(target) and not os.path.isdir(target):
         raise DestinationNotEmpty(f"{os.fsdecode(target)} exists and is not a folder")
     if os.path.isdir(target) and os.listdir(target):
