@@ -58,16 +58,20 @@ def cmd_mount(args: argparse.Namespace) -> int:
         from expfs.experiments import get_experiment
         from expfs.fuse import daemon
 
-        get_experiment(store, args.name)
+        experiment = get_experiment(store, args.name)
         clean_up(store, args.name)
         path = os.path.abspath(args.path or default_mountpoint(store, args.name))
         os.makedirs(path, exist_ok=True)
         argv = ["--store", store.root, "--name", args.name, "--mountpoint", path]
         argv.append("--foreground")
+        if experiment.gitdir:
+            argv += ["--gitdir", experiment.gitdir]
         if args.allow_other:
             argv.append("--allow-other")
         return daemon.main(argv)
-    path = start_mount(store, args.name, args.path, args.allow_other)
+    path = start_mount(
+        store, args.name, args.path, args.allow_other, gitdir=_gitdir(store, args.name)
+    )
     print(path)
     return 0
 
@@ -120,10 +124,20 @@ def cmd_shell(args: argparse.Namespace) -> int:
     if status.state == "mounted" and status.mountpoint is not None:
         path = status.mountpoint
     else:
-        path = start_mount(store, args.name)
+        path = start_mount(store, args.name, gitdir=_gitdir(store, args.name))
         print(f"mounted {args.name} at {path}", file=sys.stderr)
     shell = os.environ.get("SHELL") or "/bin/sh"
     os.chdir(path)
     os.environ["EXPFS_EXPERIMENT"] = args.name
     sys.stdout.flush()
     os.execvp(shell, [shell])
+
+
+def _gitdir(store: Any, name: str) -> str | None:
+    """Return experiment `name`'s Git worktree folder, or None for a bare workspace."""
+    from expfs.experiments import ExperimentNotFound, get_experiment
+
+    try:
+        return get_experiment(store, name).gitdir or None
+    except ExperimentNotFound:
+        return None  # start_mount names the missing experiment

@@ -483,7 +483,12 @@ class Runner:
             output = _PrefixedOutput(name, log_file, echo, self.echo_lock)
             mountpoint = None
             try:
-                mountpoint = start_mount(self.store, name, launcher=self.launcher)
+                mountpoint = start_mount(
+                    self.store,
+                    name,
+                    launcher=self.launcher,
+                    gitdir=experiment.gitdir or None,
+                )
                 self._run_in_mount(experiment, mountpoint, output, changes)
                 status = STATUS_SUCCESS
             except StageStopped as exc:

@@ -93,10 +93,16 @@ class Daemon:
     """One mounted workspace, its control socket and its lifecycle."""
 
     def __init__(
-        self, store: Any, name: str, mountpoint: str, allow_other: bool
+        self,
+        store: Any,
+        name: str,
+        mountpoint: str,
+        allow_other: bool,
+        gitdir: str | None = None,
     ) -> None:
         self.store = store
         self.name = name
+        self.gitdir = gitdir
         self.mountpoint = os.path.abspath(mountpoint)
         self.allow_other = allow_other
         self.workspace: Any = None
@@ -110,11 +116,9 @@ class Daemon:
 
     def mount(self) -> None:
         """Open the workspace and mount it; the kernel waits for `serve`."""
-        from expfs.experiments import get_experiment
         from expfs.fuse.ops import WorkspaceOperations
         from expfs.workspace import Workspace
 
-        experiment = get_experiment(self.store, self.name)
         if not os.path.isdir(self.mountpoint):
             raise control.ControlError(
                 f"mount point {self.mountpoint} is not a folder: create it first"
@@ -125,7 +129,8 @@ class Daemon:
         self.ops = with_gitlink(WorkspaceOperations)(
             self.workspace, RemoteBlobSource(self.store)
         )
-        self.ops.set_gitlink(experiment.gitdir)
+        if self.gitdir:
+            self.ops.set_gitlink(self.gitdir)
         options = set(pyfuse3.default_options)
         options |= {"fsname=expfs", "subtype=expfs", "auto_unmount"}
         if self.allow_other:
@@ -369,6 +374,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--name", required=True, help="the experiment's name")
     parser.add_argument("--mountpoint", required=True, help="folder to mount on")
     parser.add_argument(
+        "--gitdir",
+        help="the experiment's Git worktree folder, shown as the mount's `.git` file",
+    )
+    parser.add_argument(
         "--allow-other", action="store_true", help="let other users see the mount"
     )
     parser.add_argument(
@@ -406,7 +415,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.name,
         args.mountpoint,
     )
-    daemon = Daemon(store, args.name, args.mountpoint, args.allow_other)
+    daemon = Daemon(store, args.name, args.mountpoint, args.allow_other, args.gitdir)
     try:
         daemon.mount()
     except Exception as exc:

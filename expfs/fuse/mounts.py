@@ -81,11 +81,14 @@ def start_mount(
     mountpoint: str | None = None,
     allow_other: bool = False,
     launcher: AnyLauncher | None = None,
+    gitdir: str | None = None,
 ) -> str:
     """Start a daemon serving experiment `name`; return its mount point.
 
     With a `launcher` the daemon is forked from it, with its imports done,
-    instead of started as a new interpreter.
+    instead of started as a new interpreter. `gitdir`, the experiment's Git
+    worktree folder, becomes the mount's `.git` file, so Git run inside
+    the mount sees the experiment's branch.
     """
     from expfs.workspace import Workspace
 
@@ -126,6 +129,8 @@ def start_mount(
     ]
     if allow_other:
         command.append("--allow-other")
+    if gitdir:
+        command += ["--gitdir", gitdir]
     log_file = open(control.log_path(store.root, name), "ab")
     proc: subprocess.Popen[bytes] | ForkedDaemon
     try:
