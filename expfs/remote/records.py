@@ -305,20 +305,21 @@ def import_record(
     experiment never finished a run), and the Git worktree at its base
     commit, which must already be in this repository.
     """
-    from expfs.experiments import create_experiment, update_experiment
-    from expfs.gitio import ref_exists
-    from expfs.remote.runs import repo_root
+    from expfs.experiments import create_experiment, repo_root, update_experiment
+    from expfs.tree.gitsnap import resolve_commit
     from expfs.workspace import Workspace
 
     fields = record.fields
     repo = repo_root(store)
     commit = str(fields["base_commit"])
-    if ref_exists(repo, f"{commit}^{{commit}}") is None:
+    try:
+        resolve_commit(repo, commit)
+    except UsageError:
         raise UsageError(
             f"experiment {record.describe()} on remote {remote.label} starts "
             f"from commit {commit[:12]}, which this repository lacks: fetch it "
             "with `git fetch` (or `git pull`), then pull the experiment again"
-        )
+        ) from None
     remote.fetch_objects(store, record.roots(), stats)
     name = record.name
     create_experiment(
