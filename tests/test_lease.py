@@ -188,6 +188,24 @@ def test_take_turn_runs_after_failed_holder(make_remote: MakeRemote) -> None:
     assert newest.state == RELEASED
 
 
+def test_take_turn_rechecks_after_acquire(make_remote: MakeRemote) -> None:
+    # The caller's lookup missed, then another worker pushed its entry and
+    # released the lease before this acquire: restore it, run nothing.
+    lookups: list[int] = []
+
+    def restore() -> str:
+        lookups.append(1)
+        return "restored"
+
+    turn = take_turn(make_remote(), RUN_KEY, "train", restore=restore)
+    assert turn.restored == "restored"
+    assert turn.lease is None
+    assert len(lookups) == 1
+    newest = RemoteLease(make_remote(), RUN_KEY, "train").newest()
+    assert newest is not None
+    assert newest.state == RELEASED
+
+
 def test_take_turn_cancelled_while_waiting(make_remote: MakeRemote) -> None:
     holder = RemoteLease(make_remote(), RUN_KEY, "train")
     assert holder.acquire() is None

@@ -9,7 +9,8 @@ NODE_DIR is a node-local repository: a Git repository with one empty
 commit and an expfs store whose default remote is the sweep's. Every
 worker process of the machine shares it, so objects fetched or made by
 one experiment serve the next, and the store's run-key locks make two
-experiments reaching one stage on this machine compute it once. Git and
+experiments reaching one stage on this machine compute it once. Across
+machines the remote's leases (`expfs.remote.lease`) do the same. Git and
 experiment creation and removal are serialized by the file lock
 NODE_DIR.lock beside it.
 """

@@ -406,8 +406,8 @@ def take_turn(
 ) -> Turn[T]:
     """Take the lease of `run_key`, or wait for its holder and restore its run.
 
-    `restore` is called after each wait and returns the restored result, or
-    None while the holder's entry is not there yet. `say` gets one line for
+    `restore` is called after each wait and once after taking the lease. It
+    returns the restored result, or None while no entry is there. `say` gets one line for
     the user each time another holder is found. Raises `LeaseWaitCancelled`
     when `cancelled` returns True during a wait. A remote that fails gives
     a turn without a lease: the stage then runs as if there were no remote.
@@ -430,6 +430,12 @@ def take_turn(
             )
             return Turn(None)
         if holder is None:
+            # The entry may have landed between the last lookup and the
+            # acquire, pushed by a holder that has just released the lease.
+            restored = restore()
+            if restored is not None:
+                lease.release()
+                return Turn(None, restored)
             waiter.took_over()
             return Turn(lease)
         waiter.wait_for(holder, cancelled)
