@@ -188,6 +188,8 @@ class CheckoutWriter:
                 self._write_as(link_type, job)
                 return
             except OSError as exc:
+                if link_type == "hardlink" and exc.errno == errno.EMLINK:
+                    continue  # this blob has the maximum links: next type
                 if exc.errno not in UNSUPPORTED.get(link_type, set()):
                     raise
                 self._drop(link_type, exc)
