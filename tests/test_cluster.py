@@ -299,6 +299,32 @@ def test_cluster_duplicates_merge(cluster: Cluster, project: Path) -> None:
     assert proc.stdout.count("running on Dask worker") == 2  # one line, two names
 
 
+def test_cluster_worker_fetches_only_what_it_opens(
+    cluster: Cluster, project: Path
+) -> None:
+    import blake3
+
+    unread = os.urandom(1 << 20)
+    (project / "unread.bin").write_bytes(unread)
+    subprocess.run(["git", "-C", str(project), "add", "unread.bin"], check=True)
+    subprocess.run(["git", "-C", str(project), "commit", "-qm", "data"], check=True)
+    run(
+        project, "exp", "run", "-S", "lr=0.125", "-S", "depth=13",
+        "--cluster", cluster.address,
+    )  # fmt: skip
+    (experiment,) = records(project).values()
+    assert experiment.status == "success", experiment.error  # type: ignore[attr-defined]
+    # The workers' node stores live under the cluster's TMPDIR: the script
+    # the stage ran was fetched, the file nothing opened was not.
+    script = blake3.blake3((project / "train.py").read_bytes()).hexdigest()
+    skipped = blake3.blake3(unread).hexdigest()
+    assert list(cluster.tmpdir.rglob(script)), "the stage's script was never fetched"
+    assert not list(cluster.tmpdir.rglob(skipped))
+    # The user's side still has the whole result, unread file included.
+    listing = run(project, "ls", experiment.result).stdout  # type: ignore[attr-defined]
+    assert "unread.bin" in listing
+
+
 def test_cluster_kill_stops_on_worker(cluster: Cluster, project: Path) -> None:
     sweep = subprocess.Popen(
         [*EXPFS, "exp", "run", "-S", "+sleep=120", "-S", "depth=13", "-n", "slow"]

@@ -217,7 +217,9 @@ def run_node_experiment(
     print(f"running on Dask worker {worker}", flush=True)
     store = open_node_store(node_dir, spec["remote"])
     remote = open_remote(store)
-    remote.fetch_objects(store, [(Kind.DIRECTORY, base)], Stats())
+    # Trees only: the mount's daemon fetches each file's blob when it is
+    # first opened, so files the pipeline never reads are never downloaded.
+    remote.fetch_objects(store, [(Kind.DIRECTORY, base)], Stats(), blobs=False)
     prepare_experiment(store, node_dir, name, base, tuple(spec["overrides"]))
 
     echo = _Unprefixed(name, sys.stdout)
