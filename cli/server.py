@@ -46,8 +46,9 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
     from typing import Any, NoReturn
 
-# Commands served by the server: those that mount workspaces.
-SERVED_COMMANDS = (("exp", "run"), ("queue", "start"))
+# Commands served by the server: those that mount workspaces, and `repro`,
+# whose cache-hit restore is otherwise mostly interpreter start-up.
+SERVED_COMMANDS = (("exp", "run"), ("queue", "start"), ("repro",))
 # Options that make a command print help or leave this machine, so it runs
 # in its own process.
 UNSERVED_OPTIONS = ("-h", "--help", "--cluster")
@@ -139,7 +140,7 @@ def served(argv: Sequence[str]) -> bool:
         option = words.pop(0)
         if option == "-C" and words:
             words.pop(0)
-    return tuple(words[:2]) in SERVED_COMMANDS
+    return any(tuple(words[: len(command)]) == command for command in SERVED_COMMANDS)
 
 
 def run_in_server(argv: Sequence[str]) -> int | None:
