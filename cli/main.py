@@ -100,7 +100,14 @@ def main(
         level=max(level, logging.DEBUG), format="%(levelname)s: %(message)s"
     )
     if args.cwd:
-        os.chdir(args.cwd)
+        try:
+            os.chdir(args.cwd)
+        except OSError as exc:
+            print(
+                f"expfs: error: -C {args.cwd}: {exc.strerror}: give an existing folder",
+                file=sys.stderr,
+            )
+            return 2
     from expfs.errors import ExpfsError
 
     try:

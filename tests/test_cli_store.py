@@ -280,3 +280,18 @@ def test_ls_diff_reject_file_digest(repo: Path, store: Store) -> None:
         assert proc.returncode == 2
         assert "is a file, not a snapshot of a folder" in proc.stderr
         assert "expfs cat" in proc.stderr
+
+
+@pytest.mark.parametrize("target", ["missing", "file"])
+def test_bad_c_folder_is_an_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], target: str
+) -> None:
+    folder = tmp_path / "missing"
+    if target == "file":
+        folder = tmp_path / "file.txt"
+        folder.write_text("not a folder")
+    code, _, err = run_cli(folder, "status", capsys=capsys)
+    assert code == 2
+    assert f"-C {folder}" in err
+    assert "give an existing folder" in err
+    assert "Traceback" not in err

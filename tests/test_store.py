@@ -118,6 +118,37 @@ def test_read_blob_detects_corruption(store: Store) -> None:
     assert digest in str(exc.value)
 
 
+@pytest.mark.parametrize("how", ["put_bytes", "put_file", "put_file_move", "put_files"])
+def test_corrupt_blob_replaced_by_next_put(
+    store: Store, repo: Path, tmp_path: Path, how: str
+) -> None:
+    data = b"the right bytes " * 64
+    digest = store.put_bytes(data)
+    corrupt(store, digest)
+    source = (repo if how == "put_file_move" else tmp_path) / "again.bin"
+    source.write_bytes(data)
+    if how == "put_bytes":
+        stored = store.put_bytes(data)
+    elif how == "put_file":
+        stored = store.put_file(str(source))
+    elif how == "put_file_move":
+        stored = store.put_file(str(source), move=True)
+    else:
+        (stored,) = store.put_files([str(source)])
+    assert stored == digest
+    assert store.read_blob(digest) == data
+    assert store.verify_blob(digest)
+
+
+def test_intact_blob_not_rewritten(store: Store, tmp_path: Path) -> None:
+    digest = store.put_bytes(b"stays")
+    inode = os.stat(store.blob_path(digest)).st_ino
+    source = tmp_path / "same.bin"
+    source.write_bytes(b"stays")
+    store.put_file(str(source))
+    assert os.stat(store.blob_path(digest)).st_ino == inode
+
+
 def test_copy_blob_corrupt_removes_partial(store: Store, tmp_path: Path) -> None:
     digest = store.put_bytes(b"original")
     corrupt(store, digest)

@@ -186,7 +186,7 @@ class Store:
     def _install(self, temp: str, digest: Digest, size: int) -> Digest:
         """Rename a fsynced temporary file into place as blob `digest`."""
         final = self.blob_path(digest)
-        if os.path.exists(final):
+        if self._intact(digest):
             os.unlink(temp)
         else:
             shard = os.path.dirname(final)
@@ -215,13 +215,28 @@ class Store:
 
         self.env.write(write)
 
+    def _intact(self, digest: str) -> bool:
+        """Return True when blob `digest` is in place and hashes to its name.
+
+        A corrupt blob (written through a hard-linked checkout, say) counts
+        as absent, so that the caller's verified copy replaces it.
+        """
+        try:
+            self.check_blob(digest)
+        except MissingObject:
+            return False
+        except CorruptObject:
+            log.warning("blob %s is corrupt: replacing it with a verified copy", digest)
+            return False
+        return True
+
     def index_blob(self, digest: str, size: int) -> None:
         """Record a blob file that is in place in the `blobs` database."""
         self.env.put(layout.DB_BLOBS, raw(digest), _SIZE.pack(size))
 
     def put_bytes(self, data: bytes) -> Digest:
         digest = Digest(new_hasher(len(data)).update(data).hexdigest())
-        if self.has_blob(digest):
+        if self._intact(digest):
             return digest
         temp = self._temp_path()
         with open(temp, "xb") as f:
@@ -239,7 +254,7 @@ class Store:
         """
         if move and self._same_filesystem(path):
             digest = hash_file(path)
-            if self.has_blob(digest):
+            if self._intact(digest):
                 os.unlink(path)
                 return digest
             fd = os.open(path, os.O_RDONLY)
@@ -328,7 +343,7 @@ class Store:
         present: list[tuple[str, int]] = []
         for temp, digest, size in staged:
             final = self.blob_path(digest)
-            if os.path.exists(final):
+            if self._intact(digest):
                 os.unlink(temp)
                 present.append((digest, size))
                 continue
