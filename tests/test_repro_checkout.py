@@ -133,6 +133,28 @@ def test_always_changed_runs_every_time(store: Store, repo: Path) -> None:
     assert list(RunCache(store)) == []
 
 
+def test_params_only_stage_uses_run_cache(store: Store, repo: Path) -> None:
+    (repo / "dvc.yaml").write_text(
+        "stages:\n  gen:\n    cmd: echo ${n} >> runs.log; echo ${n} > out.txt\n"
+        "    params: [n]\n    outs: [out.txt]\n"
+    )
+    seen = []
+    for n in (4, 3, 4):
+        (repo / "params.yaml").write_text(f"n: {n}\n")
+        seen.append(repro(store, repo)["gen"].action)
+        assert (repo / "out.txt").read_text() == f"{n}\n"
+    assert seen == ["ran", "ran", "restored"]
+    assert runs(repo) == ["4", "3"]
+
+
+def test_stage_without_deps_or_params_skips_run_cache(store: Store, repo: Path) -> None:
+    (repo / "dvc.yaml").write_text(
+        "stages:\n  gen:\n    cmd: echo made > out.txt\n    outs: [out.txt]\n"
+    )
+    repro(store, repo)
+    assert list(RunCache(store)) == []
+
+
 def test_output_append_never_changes_stored_object(store: Store, repo: Path) -> None:
     (repo / "dvc.yaml").write_text(
         "stages:\n  s:\n    cmd: echo 1 >> out\n    deps: [README]\n    outs: [out]\n"

@@ -263,8 +263,10 @@ class Repro:
             return "always_changed"
         if not stage.commands or not any(c.strip() for c in stage.commands):
             return "no command"
-        if not stage.deps:
-            return "no dependencies"
+        # As in DVC, params count as dependencies: a stage that reads only
+        # params is keyed by their values.
+        if not stage.deps and not stage.params:
+            return "no dependencies or params"
         if not stage.outs:
             return "no outputs"
         if any(o.persist for o in stage.outs):
