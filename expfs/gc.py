@@ -33,7 +33,7 @@ reach is kept too, so a record written while gc was marking counts.
 Marks of lazy restores (see `expfs.store.lazy`) go with their objects: a
 removed tree's mark is removed with it, and a blob's mark once the blob is
 fetched or, past the grace period, when nothing reaches it. A mark only
-says where blobs are; gc never fetches.
+records where blobs are, and gc never fetches.
 
 NOTE: a writer that finds an old, unreachable object already present (so
 it does not write it again) and records a reference to it after gc's second

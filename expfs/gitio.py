@@ -22,7 +22,7 @@ What a promoted commit holds:
 Commits made with git inside the experiment's mount stay below the
 promotion commit on the branch when the promoted files contain their
 changes (see `commits_in_mount`); otherwise the branch starts at the base
-commit and the command says why they were not carried.
+commit and the command prints why they were not carried.
 """
 
 from __future__ import annotations
@@ -377,7 +377,7 @@ def commits_in_mount(
     Git inside a mount commits to the experiment's own worktree, whose HEAD
     starts at the base commit. Those commits are carried (the branch starts
     at that HEAD) when they descend from the base commit and `snapshot`, the
-    files being promoted, still holds a change at every path they changed.
+    files being promoted, still contains a change at every path they changed.
     Otherwise (HEAD reset or moved to another branch, or commits made after
     the run whose result is promoted) the branch starts at the base commit.
     """

@@ -88,7 +88,7 @@ def start_mount(
     With a `launcher` the daemon is forked from it, with its imports done,
     instead of started as a new interpreter. `gitdir`, the experiment's Git
     worktree folder, becomes the mount's `.git` file, so Git run inside
-    the mount sees the experiment's branch.
+    the mount finds the experiment's branch.
     """
     from expfs.workspace import Workspace
 

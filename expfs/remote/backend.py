@@ -56,7 +56,7 @@ class RemoteFileExists(Exception):
 
 
 class Sink(Protocol):
-    """Where `Backend.get_many` streams one file's bytes."""
+    """Destination into which `Backend.get_many` streams one file's bytes."""
 
     def write(self, chunk: bytes, /) -> object: ...
 

@@ -67,7 +67,7 @@ def ensure_local(store: Store, kind: Kind, digest: str) -> None:
     its own (a file inside a lazy tree) comes from the default remote.
     Raises `MissingObject` when a blob is absent and there is no remote to
     fetch it from, and the remote's errors (`CorruptRemoteObject`,
-    `RemoteObjectMissing`, `RemoteError`) when a download fails; nothing
+    `RemoteObjectMissing`, `RemoteError`) when a download fails. Nothing
     unverified enters the store.
     """
     missing = missing_below(store, kind, digest)

@@ -4,7 +4,7 @@ A mounted workspace restores a stage from a remote by fetching only its
 trees (and symlink targets, which are tiny) and grafting them. Each file's
 blob stays on the remote until the file is first opened. Such trees are
 stored in the `trees` database like any other, and each gets a mark in
-the `lazy` database, so three states can be told apart:
+the `lazy` database, so three states can be distinguished:
 
 - complete: a tree without a mark. Every object below it is in the store,
   and every tree below it is complete too.
@@ -42,7 +42,7 @@ _MARK = struct.Struct(">BQd")
 
 @dataclass(frozen=True)
 class LazyMark:
-    """Where the missing blobs below a tree, or one missing blob, can be fetched."""
+    """The remote that holds the blobs missing below a tree, or one missing blob."""
 
     kind: Kind
     remote: str  # a remote's name; "" means the default remote
@@ -155,7 +155,7 @@ def iter_marks(store: Store) -> Iterator[tuple[Digest, LazyMark]]:
 
 @dataclass
 class Missing:
-    """What a lazy object lacks: blobs to fetch and the lazy trees walked."""
+    """The blobs a lazy object lacks, and the lazy trees walked to find them."""
 
     blobs: dict[Digest, str]  # digest -> remote name ("" for the default)
     trees: list[Digest]

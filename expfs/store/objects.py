@@ -419,7 +419,7 @@ class Store:
         """Raise `CorruptObject` unless blob `digest` hashes to its name.
 
         A blob whose file still has the inode, size and mtime of its
-        verification mark is trusted without reading it; otherwise it is
+        verification mark is trusted without reading it. Otherwise it is
         hashed and, when it matches, marked again. `st` is the blob file's
         stat when the caller has it. Damage that leaves the mtime alone
         (a failing disk) is found by `expfs fsck`, which hashes every blob.
