@@ -134,6 +134,7 @@ def trace_server(folder: str) -> int:
     import expfs.pipeline.overrides
     import expfs.repro.engine
     import expfs.sweep
+    import expfs_cli.client
     import expfs_cli.main
     import expfs_cli.server
 
@@ -197,7 +198,7 @@ def trace_server(folder: str) -> int:
 
     expfs_cli.server.run_command = forked
     expfs_cli.main.main = main
-    path = expfs_cli.server.socket_path(folder)
+    path = expfs_cli.client.socket_path(folder)
     server = expfs_cli.server.Server(path, idle_s=3600)
     Path(path.removesuffix(".sock") + ".pid").write_text(f"{os.getpid()}\n")
     print("ready", flush=True)

@@ -81,10 +81,10 @@ def main(
     the expfs server, which has their imports done (see `expfs_cli.server`).
     """
     if argv is None:
-        from expfs_cli import server
+        from expfs_cli import client
 
-        if server.served(sys.argv[1:]):
-            served_code: int | None = server.run_in_server(sys.argv[1:])
+        if client.served(sys.argv[1:]):
+            served_code: int | None = client.run_in_server(sys.argv[1:])
             if served_code is not None:
                 return served_code
     args_list = sys.argv[1:] if argv is None else list(argv)

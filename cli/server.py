@@ -1,4 +1,4 @@
-"""Run `exp run` and `queue start` in a process kept running between commands.
+"""Run `exp run`, `queue start` and `repro` in a process kept running between commands.
 
 A new interpreter spends about 0.2 s importing YAML, LMDB, the pipeline and
 repro code, and a mount daemon another 0.2 s importing trio and pyfuse3
@@ -14,7 +14,7 @@ this package's folder), found through a socket in `/tmp/expfs-UID`:
 
 - The first command that needs it starts it, under a lock file so two
   commands racing start one server, and waits until it listens. When it
-  cannot start, the command runs in its own process as before.
+  cannot start, the command warns and runs in its own process.
 - It exits after `EXPFS_SERVER_IDLE_S` seconds without a request (default
   600), on SIGTERM, or at the first request after its source files changed
   (an upgrade); the next command starts a new one. A socket left by a
@@ -28,76 +28,28 @@ this package's folder), found through a socket in `/tmp/expfs-UID`:
 - `EXPFS_NO_SERVER=1` runs every command in its own process.
 
 The server logs its start, stop and every command to `server-KEY.log` next
-to its socket.
+to its socket. The client's side is `expfs_cli.client`.
 """
 
 from __future__ import annotations
 
-import json
+import marshal
 import os
 import signal
 import socket
 import struct
 import sys
 
+from expfs_cli.client import MAX_REQUEST_BYTES, idle_seconds
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    # Annotations only, because the client imports as little as it can.
     from collections.abc import Sequence
     from typing import Any, NoReturn
 
-# Commands served by the server: those that mount workspaces, and `repro`,
-# whose cache-hit restore is otherwise mostly interpreter start-up.
-SERVED_COMMANDS = (("exp", "run"), ("queue", "start"), ("repro",))
-# Options that make a command print help or leave this machine, so it runs
-# in its own process.
-UNSERVED_OPTIONS = ("-h", "--help", "--cluster")
-MAX_REQUEST_BYTES = 1 << 20
 DEFAULT_IDLE_S = 600.0
-START_TIMEOUT_S = 30.0
 # Maximum time a connected client may take to send its request, in seconds.
 REQUEST_TIMEOUT_S = 5.0
-MAX_LOG_BYTES = 1 << 20
-FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
-
-
-class ServerUnavailable(Exception):
-    """The server could not be reached or started; the command runs in-process."""
-
-
-# -- where the server lives ------------------------------------------------------
-
-
-def server_dir() -> str:
-    """Return the folder of this user's server sockets, created private if missing."""
-    path = os.environ.get("EXPFS_SERVER_DIR") or os.path.join(
-        os.environ.get("TMPDIR", "/tmp"), f"expfs-{os.getuid()}"
-    )
-    try:
-        os.mkdir(path, 0o700)
-    except FileExistsError:
-        pass
-    except OSError as exc:
-        raise ServerUnavailable(f"cannot create {path}: {exc}") from None
-    info = os.lstat(path)
-    # Another user could have made the folder first, to receive our commands.
-    if info.st_uid != os.getuid() or info.st_mode & 0o077 or not os.path.isdir(path):
-        raise ServerUnavailable(
-            f"{path} is not a private folder of user {os.getuid()}: remove it"
-        )
-    return path
-
-
-def installation_key() -> str:
-    """Return a short key naming this installation: Python program and package."""
-    import hashlib
-
-    text = f"{sys.executable}\0{os.path.dirname(os.path.abspath(__file__))}"
-    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
-
-
-def socket_path(folder: str) -> str:
-    return os.path.join(folder, f"server-{installation_key()}.sock")
 
 
 def source_fingerprint() -> str:
@@ -124,207 +76,6 @@ def source_fingerprint() -> str:
                     f"{folder}/{name}\0{info.st_size}\0{info.st_mtime_ns}\n".encode()
                 )
     return digest.hexdigest()
-
-
-# -- the client: the `expfs` process the user started ---------------------------
-
-
-def served(argv: Sequence[str]) -> bool:
-    """Return whether CLI arguments `argv` name a command the server runs."""
-    if os.environ.get("EXPFS_NO_SERVER"):
-        return False
-    if any(arg in UNSERVED_OPTIONS or arg.startswith("--cluster=") for arg in argv):
-        return False
-    words = list(argv)
-    while words and words[0].startswith("-"):
-        option = words.pop(0)
-        if option == "-C" and words:
-            words.pop(0)
-    return any(tuple(words[: len(command)]) == command for command in SERVED_COMMANDS)
-
-
-def run_in_server(argv: Sequence[str]) -> int | None:
-    """Run CLI arguments `argv` in the server; return None where it cannot run them."""
-    try:
-        folder = server_dir()
-        for _ in range(3):
-            sock = _connect_or_start(folder)
-            try:
-                pid = _send_command(sock, argv)
-            except ConnectionResetError:
-                # The server closed before accepting (idle exit or stale code):
-                # nothing ran, so start a new one.
-                sock.close()
-                continue
-            return _wait_for_exit(sock, pid)
-    except ServerUnavailable:
-        return None
-    return None
-
-
-def _connect(path: str) -> socket.socket:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    try:
-        sock.connect(path)
-    except OSError:
-        sock.close()
-        raise
-    return sock
-
-
-def _connect_or_start(folder: str) -> socket.socket:
-    path = socket_path(folder)
-    try:
-        return _connect(path)
-    except OSError:
-        pass
-    import fcntl
-
-    with open(path.removesuffix(".sock") + ".lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        # Another client may have started it while this one waited.
-        try:
-            return _connect(path)
-        except OSError:
-            pass
-        _start_server(path)
-        try:
-            return _connect(path)
-        except OSError as exc:
-            raise ServerUnavailable(f"the new server does not respond: {exc}") from None
-
-
-def _start_server(path: str) -> None:
-    """Start a server on `path` and wait until it listens; the caller holds the lock."""
-    import select
-    import subprocess
-    import time
-
-    log_path = path.removesuffix(".sock") + ".log"
-    _rotate(log_path)
-    read_fd, write_fd = os.pipe()
-    try:
-        with open(log_path, "ab") as log_file:
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "expfs_cli.server",
-                    path,
-                    str(write_fd),
-                ],
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=log_file,
-                pass_fds=(write_fd,),
-                start_new_session=True,
-                cwd="/",
-            )
-        os.close(write_fd)
-        write_fd = -1
-        deadline = time.monotonic() + START_TIMEOUT_S
-        data = b""
-        while b"\n" not in data:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise ServerUnavailable(f"the server did not start: see {log_path}")
-            readable, _, _ = select.select([read_fd], [], [], remaining)
-            if readable:
-                chunk = os.read(read_fd, 4096)
-                if not chunk:
-                    raise ServerUnavailable(f"the server exited: see {log_path}")
-                data += chunk
-        if not data.startswith(b"ready\n"):
-            raise ServerUnavailable(f"the server did not start: see {log_path}")
-    finally:
-        os.close(read_fd)
-        if write_fd >= 0:
-            os.close(write_fd)
-
-
-def _rotate(log_path: str) -> None:
-    try:
-        if os.path.getsize(log_path) > MAX_LOG_BYTES:
-            os.replace(log_path, log_path + ".1")
-    except OSError:
-        pass
-
-
-def _std_fds() -> list[int]:
-    """Return descriptors for standard input, output and error, /dev/null if closed."""
-    fds = []
-    for fd in (0, 1, 2):
-        try:
-            os.fstat(fd)
-            fds.append(fd)
-        except OSError:
-            fds.append(os.open(os.devnull, os.O_RDWR))
-    return fds
-
-
-def _send_command(sock: socket.socket, argv: Sequence[str]) -> int:
-    """Send the command; return the pid of the child that runs it."""
-    umask = os.umask(0)
-    os.umask(umask)
-    request = {
-        "kind": "command",
-        "argv": list(argv),
-        "cwd": os.getcwd(),
-        "env": dict(os.environ),
-        "umask": umask,
-    }
-    try:
-        socket.send_fds(sock, [json.dumps(request).encode()], _std_fds())
-        reply = sock.recv(MAX_REQUEST_BYTES)
-    except (ConnectionResetError, BrokenPipeError):
-        raise ConnectionResetError("the server closed the connection") from None
-    except OSError as exc:
-        raise ServerUnavailable(f"the server failed: {exc}") from None
-    if not reply:
-        raise ConnectionResetError("the server closed the connection")
-    answer = json.loads(reply)
-    if answer.get("error") == "stale":
-        raise ConnectionResetError("the server runs older code")
-    if "error" in answer:
-        raise ServerUnavailable(answer["error"])
-    pid: int = answer["pid"]
-    return pid
-
-
-def _wait_for_exit(sock: socket.socket, pid: int) -> int:
-    """Forward signals to the command's process `pid` until it sends its status."""
-    forwarded: list[int] = []
-
-    def forward(signum: int, frame: Any) -> None:
-        forwarded.append(signum)
-        try:
-            os.kill(pid, signum)
-        except ProcessLookupError:
-            pass
-
-    for signum in FORWARDED_SIGNALS:
-        signal.signal(signum, forward)
-    reply = b""
-    while True:
-        try:
-            reply = sock.recv(MAX_REQUEST_BYTES)
-            break
-        except ConnectionResetError:
-            break
-    sock.close()
-    if reply:
-        code: int = json.loads(reply)["exit"]
-        return code
-    if forwarded:
-        # The command died of the signal we passed on: die of it too.
-        signal.signal(forwarded[-1], signal.SIG_DFL)
-        os.kill(os.getpid(), forwarded[-1])
-    print(
-        f"expfs: error: the process {pid} that ran this command ended without "
-        f"an exit status; see {socket_path(server_dir()).removesuffix('.sock')}.log",
-        file=sys.stderr,
-    )
-    return 1
 
 
 # -- the server ---------------------------------------------------------------------
@@ -445,7 +196,7 @@ class Server:
                 os.close(fd)
             self.log.warning("rejected a request from pid %d of user %d", pid, uid)
             return True
-        request = json.loads(data)
+        request = marshal.loads(data)
         reply: dict[str, object]
         if request.get("kind") == "daemon":
             reply = launcher.handle_spawn(request["argv"], fds, [conn, self.listener])
@@ -455,7 +206,7 @@ class Server:
                     os.close(fd)
                 # Stop listening first, so the client's retry starts a new server.
                 self._close()
-                conn.send(json.dumps({"error": "stale"}).encode())
+                conn.send(marshal.dumps({"error": "stale"}))
                 return False
             self._fork_command(conn, request, fds)
             return True
@@ -463,7 +214,7 @@ class Server:
             for fd in fds:
                 os.close(fd)
             reply = {"error": f"unknown request kind {request.get('kind')!r}"}
-        conn.send(json.dumps(reply).encode())
+        conn.send(marshal.dumps(reply))
         return True
 
     def _fork_command(
@@ -474,7 +225,7 @@ class Server:
         except OSError as exc:
             for fd in fds:
                 os.close(fd)
-            conn.send(json.dumps({"error": f"fork failed: {exc}"}).encode())
+            conn.send(marshal.dumps({"error": f"fork failed: {exc}"}))
             return
         if pid == 0:
             self.listener.close()
@@ -505,7 +256,7 @@ def run_command(
     try:
         try:
             conn.settimeout(None)
-            conn.send(json.dumps({"pid": os.getpid()}).encode())
+            conn.send(marshal.dumps({"pid": os.getpid()}))
             os.setsid()
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -541,7 +292,7 @@ def run_command(
             sys.stderr.flush()
         except OSError:
             pass
-        conn.send(json.dumps({"exit": code}).encode())
+        conn.send(marshal.dumps({"exit": code}))
     finally:
         os._exit(code)
 
@@ -586,7 +337,7 @@ def _main(argv: Sequence[str]) -> int:
     server_log.addHandler(handler)
     server_log.setLevel(logging.INFO)
     server_log.propagate = False
-    idle_s = float(os.environ.get("EXPFS_SERVER_IDLE_S") or DEFAULT_IDLE_S)
+    idle_s = idle_seconds() or DEFAULT_IDLE_S
     try:
         server = Server(path, idle_s)
     except Exception as exc:

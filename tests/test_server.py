@@ -338,3 +338,73 @@ def test_interrupt_forwarded_to_command(
     assert "interrupted" in stderr
     assert statuses(project) == {"slow": "stopped"}
     assert mounted_below(project) == []
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "expected"),
+    [
+        ("EXPFS_SERVER_IDLE_S", "soon", "EXPFS_SERVER_IDLE_S='soon' is not a positive"),
+        ("EXPFS_SERVER_IDLE_S", "-5", "EXPFS_SERVER_IDLE_S='-5' is not a positive"),
+        (
+            "EXPFS_SERVER_DIR",
+            "relative/dir",
+            "EXPFS_SERVER_DIR='relative/dir' is a relative",
+        ),
+    ],
+)
+def test_bad_server_setting_is_an_error(
+    project: Path, server_dir: Path, variable: str, value: str, expected: str
+) -> None:
+    before = statuses(project)
+    proc = expfs(
+        project, server_dir, "exp", "run", "-S", "x=2", check=False, **{variable: value}
+    )
+    assert proc.returncode == 2
+    assert f"expfs: error: {expected}" in proc.stderr
+    assert statuses(project) == before
+    assert server_pid(server_dir) is None
+
+
+def test_shared_server_dir_is_an_error(project: Path, tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o755)
+    shared.chmod(0o755)
+    proc = expfs(project, shared, "repro", check=False)
+    assert proc.returncode == 2
+    assert f"run `chmod 700 {shared}`" in proc.stderr
+    assert not list(shared.iterdir())
+
+
+def test_unsafe_default_folder_warns_and_runs(project: Path, tmp_path: Path) -> None:
+    # The default folder, TMPDIR/expfs-UID, made by someone else or left open.
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    (tmpdir / f"expfs-{os.getuid()}").mkdir(mode=0o777)
+    (tmpdir / f"expfs-{os.getuid()}").chmod(0o777)
+    env = {k: v for k, v in os.environ.items() if k != "EXPFS_SERVER_DIR"}
+    proc = subprocess.run(
+        [*EXPFS, "repro"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        env={**env, "TMPDIR": str(tmpdir)},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "expfs: warning: the expfs server is not available" in proc.stderr
+    assert "is not a private folder" in proc.stderr
+    assert "stage 'train': ran" in proc.stdout
+    assert not list((tmpdir / f"expfs-{os.getuid()}").iterdir())
+
+
+def test_client_imports_only_builtin_modules() -> None:
+    # The client's start-up is most of a cache-hit restore's time: the
+    # wrappers that build enums or load OpenSSL must stay out of it.
+    check = (
+        "import sys; before = set(sys.modules); import expfs_cli.client; "
+        "print(' '.join(sorted(set(sys.modules) - before)))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", check], capture_output=True, text=True, check=True
+    )
+    loaded = set(proc.stdout.split())
+    assert loaded <= {"expfs_cli", "expfs_cli.client", "_socket", "_blake2"}, loaded

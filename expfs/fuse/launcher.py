@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import marshal
 import os
 import signal
 import socket
@@ -128,7 +129,8 @@ class ServerLauncher:
         return self.fallback.spawn(argv, ready_fd, log_fd)
 
     def _spawn_in_server(self, argv: Sequence[str], ready_fd: int, log_fd: int) -> int:
-        request = json.dumps({"kind": "daemon", "argv": list(argv)}).encode()
+        # The expfs server speaks marshal (see `expfs_cli.client`).
+        request = marshal.dumps({"kind": "daemon", "argv": list(argv)})
         with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as sock:
             sock.settimeout(START_TIMEOUT_S)
             sock.connect(self.socket_path)
@@ -136,7 +138,7 @@ class ServerLauncher:
             reply = sock.recv(MAX_REQUEST_BYTES)
         if not reply:
             raise ConnectionResetError("the server closed the connection")
-        answer = json.loads(reply)
+        answer = marshal.loads(reply)
         if "error" in answer:
             raise LauncherError(f"the expfs server could not fork: {answer['error']}")
         pid: int = answer["pid"]
