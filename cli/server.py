@@ -52,12 +52,41 @@ DEFAULT_IDLE_S = 600.0
 REQUEST_TIMEOUT_S = 5.0
 
 
-def source_fingerprint() -> str:
-    """Return a digest of the names, sizes and mtimes of expfs's source files.
+# Libraries the server keeps imported: installing or upgrading any package
+# next to them must restart it, as a change to expfs does.
+LIBRARIES = ("trio", "pyfuse3", "lmdb", "yaml", "blake3", "rich", "fsspec")
+_library_folders: list[str] = []
 
-    A change means expfs was upgraded or edited, so a server that imported
-    the old code must not run commands.
-    NOTE: upgrades of dependencies alone (trio, pyfuse3) are not detected.
+
+def library_folders() -> list[str]:
+    """Return the folders that hold LIBRARIES, such as the environment's site-packages.
+
+    pip adds and removes a `NAME-VERSION.dist-info` folder in that folder at
+    every install, so its mtime changes whenever a library does.
+    """
+    if not _library_folders:
+        import importlib.util
+
+        folders = set()
+        for name in LIBRARIES:
+            spec = importlib.util.find_spec(name)
+            if spec is None or spec.origin is None:
+                continue
+            origin = spec.origin
+            if spec.submodule_search_locations is not None:
+                origin = os.path.dirname(origin)
+            folders.add(os.path.dirname(origin))
+        _library_folders.extend(sorted(folders))
+    return _library_folders
+
+
+def source_fingerprint() -> str:
+    """Return a digest of expfs's source files and of the folders of its libraries.
+
+    It covers the names, sizes and mtimes of expfs's files and the mtimes
+    of the folders that hold its libraries. A change means expfs or a
+    library was upgraded or edited, so a server that imported the old code
+    must not run commands.
     """
     import hashlib
 
@@ -75,6 +104,8 @@ def source_fingerprint() -> str:
                 digest.update(
                     f"{folder}/{name}\0{info.st_size}\0{info.st_mtime_ns}\n".encode()
                 )
+    for folder in library_folders():
+        digest.update(f"{folder}\0{os.stat(folder).st_mtime_ns}\n".encode())
     return digest.hexdigest()
 
 

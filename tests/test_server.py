@@ -259,13 +259,22 @@ def test_concurrent_starts_share_one_server(project: Path, server_dir: Path) -> 
     assert mounted_below(project) == []
 
 
-def test_changed_source_restarts_server(project: Path, server_dir: Path) -> None:
+@pytest.mark.parametrize("changed", ["expfs", "library folder"])
+def test_changed_source_restarts_server(
+    project: Path, server_dir: Path, changed: str
+) -> None:
+    # An edit to expfs, or a pip install next to trio and pyfuse3.
+    import trio
+
     import expfs as package
 
     expfs(project, server_dir, "exp", "run", "-S", "x=2", "--name", "a")
     pid = server_pid(server_dir)
     assert pid is not None
-    source = Path(package.__file__)
+    if changed == "expfs":
+        source = Path(package.__file__)
+    else:
+        source = Path(trio.__file__).parent.parent
     before = source.stat()
     try:
         os.utime(source, ns=(before.st_atime_ns, before.st_mtime_ns + 1_000_000_000))
