@@ -31,6 +31,11 @@ stages:
 TRAIN_SCRIPT = """\
 import json, os, sys, time, yaml
 p = yaml.safe_load(open("params.yaml"))
+# The pid first, so that it is on record once the counter shows the stage ran.
+pids = os.environ.get("SWEEP_PIDS")
+if pids:
+    with open(pids, "a") as f:
+        f.write(f"{os.getpid()}\\n")
 counter = os.environ.get("SWEEP_COUNTER")
 if counter:
     with open(counter, "a") as f:
@@ -298,16 +303,30 @@ def interrupt_sweep(
 
 def test_interrupt_stops_whole_sweep(project: Path, tmp_path: Path) -> None:
     counter = tmp_path / "counter.txt"
-    env = {**os.environ, "SWEEP_SLEEP": "60", "SWEEP_COUNTER": str(counter)}
+    pids = tmp_path / "pids.txt"
+    env = {
+        **os.environ,
+        "SWEEP_SLEEP": "60",
+        "SWEEP_COUNTER": str(counter),
+        "SWEEP_PIDS": str(pids),
+    }
     interrupt_sweep(project, counter, ["-S", "depth=11,12,13", "-j", "2"], env)
     statuses = sorted(e.status for e in show(project).values())
     assert statuses == ["stopped", "stopped", "stopped"]
     assert json.loads(run(project, "runs", "--json").stdout) == []
     assert mounted_below(project) == []
-    sleepers = subprocess.run(
-        ["pgrep", "-f", "python3 train.py"], capture_output=True, text=True
-    ).stdout.split()
-    assert sleepers == []
+    started = pids.read_text().split()
+    assert len(started) == 2
+    assert [pid for pid in started if running(int(pid))] == []
+
+
+def running(pid: int) -> bool:
+    """Return whether process `pid` exists and has not exited (zombies have)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 SLOW_CHILD_STAGE = """\
