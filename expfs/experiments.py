@@ -173,6 +173,7 @@ def create_experiment(
     status: str = STATUS_CREATED,
     overrides: tuple[str, ...] = (),
     commit: str | None = None,
+    params: dict[str, dict[str, Any]] | None = None,
 ) -> Experiment:
     """Create experiment `name` from commit `from_rev` or the working tree.
 
@@ -180,7 +181,8 @@ def create_experiment(
     HEAD plus modified and untracked files that `.gitignore` keeps, plus
     what the pipeline declares though Git ignores it (see `declared_paths`).
     A sweep snapshots once and passes that `base` to every experiment, with
-    the `commit` that `from_rev` (or HEAD) names.
+    the `commit` that `from_rev` (or HEAD) names, and the `params` its
+    overrides will give, which the run records again once it has read them.
     """
     from expfs.workspace import Workspace
 
@@ -204,7 +206,14 @@ def create_experiment(
             store, repo, name, commit, from_worktree=from_rev is None, base=base
         )
         experiment = Experiment(
-            name, base, commit, time.time(), status, gitdir, overrides=overrides
+            name,
+            base,
+            commit,
+            time.time(),
+            status,
+            gitdir,
+            overrides=overrides,
+            params=params or {},
         )
         _put(store, experiment)
     except BaseException:

@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -62,10 +62,15 @@ UNMOUNT_RETRY_S = 10.0
 
 @dataclass(frozen=True)
 class Plan:
-    """One experiment to create: its name and its single-valued overrides."""
+    """One experiment to create: its name and its single-valued overrides.
+
+    `params` are the values the overrides give, flattened per file, known
+    once `check_plans` has applied them.
+    """
 
     name: str
     overrides: tuple[str, ...]
+    params: dict[str, dict[str, Any]] = field(default_factory=dict, compare=False)
 
 
 def override_text(override: Any) -> str:
@@ -135,11 +140,13 @@ def _reject_empty_values(text: str) -> None:
         )
 
 
-def check_plans(repo: str, plans: Sequence[Plan]) -> None:
+def check_plans(repo: str, plans: Sequence[Plan]) -> list[Plan]:
     """Check the stage file and every plan's overrides against the working tree.
 
     Runs before any experiment is created, so a malformed dvc.yaml or an
-    unknown param key is one error, with nothing stored.
+    unknown param key is one error, with nothing stored. Returns the plans
+    with the params their overrides give, which `exp show` lists for queued
+    experiments.
     """
     import tempfile
 
@@ -147,15 +154,29 @@ def check_plans(repo: str, plans: Sequence[Plan]) -> None:
     from expfs.pipeline.overrides import apply_overrides, parse_override
 
     stage_file = Path(repo, "dvc.yaml")
-    if stage_file.exists():
-        load_pipeline(stage_file, repo)
-    seen: set[tuple[str, ...]] = set()
+    pipeline = load_pipeline(stage_file, repo) if stage_file.exists() else None
+    baseline = collect_params(pipeline, Path(repo))
+    seen: dict[tuple[str, ...], dict[str, dict[str, Any]]] = {}
+    checked = []
     with tempfile.TemporaryDirectory(prefix="expfs-check-") as scratch:
-        for plan in plans:
-            if plan.overrides in seen:
-                continue
-            seen.add(plan.overrides)
-            apply_overrides([parse_override(t) for t in plan.overrides], repo, scratch)
+        for number, plan in enumerate(plans):
+            params = seen.get(plan.overrides)
+            if params is None:
+                folder = Path(scratch, str(number))
+                written = apply_overrides(
+                    [parse_override(t) for t in plan.overrides], repo, folder
+                )
+                params = dict(baseline)
+                if written:
+                    changed = collect_params(pipeline, folder)
+                    params.update(
+                        (name, values)
+                        for name, values in changed.items()
+                        if folder / name in written
+                    )
+                seen[plan.overrides] = params
+            checked.append(replace(plan, params=params))
+    return checked
 
 
 def _generated_name(base: str, overrides: tuple[str, ...], taken: set[str]) -> str:
@@ -189,6 +210,7 @@ def create_planned(
             status=status,
             overrides=p.overrides,
             commit=commit,
+            params=p.params,
         )
         for p in plans
     ]
@@ -688,7 +710,7 @@ def run_experiments(
     try:
         base = snapshot_base(store, repo)
         plans = plan_sweep(store, overrides, name, base, max_experiments)
-        check_plans(repo, plans)
+        plans = check_plans(repo, plans)
         if queue:
             return create_planned(store, plans, base, STATUS_QUEUED)
         # The first experiment is created here, so an error that would hit

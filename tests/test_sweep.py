@@ -182,7 +182,14 @@ def test_same_run_key_computed_once(project: Path, tmp_path: Path) -> None:
 
 def test_queue_then_start(project: Path) -> None:
     run(project, "exp", "run", "-S", "depth=4,5", "--queue")
-    assert {e.status for e in show(project).values()} == {"queued"}
+    queued = show(project).values()
+    assert {e.status for e in queued} == {"queued"}
+    # Params are known before the run: the overrides set them.
+    assert sorted(e.params["params.yaml"]["depth"] for e in queued) == [4, 5]
+    assert {e.params["params.yaml"]["lr"] for e in queued} == {0.1}
+    rows = json.loads(run(project, "exp", "show", "--json").stdout)
+    shown = sorted(r["params"]["params.yaml"]["depth"] for r in rows[1:])
+    assert shown == [4, 5]
     assert "queued" in run(project, "queue", "status").stdout
     run(project, "queue", "start", "-j", "2")
     assert {e.status for e in show(project).values()} == {"success"}
