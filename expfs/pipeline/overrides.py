@@ -36,9 +36,9 @@ import logging
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import tomli_w
 import tomlkit
@@ -48,7 +48,9 @@ import yaml
 from expfs.pipeline.errors import OverrideError, ParamsError
 from expfs.pipeline.params import (
     DEFAULT_PARAMS_FILE,
+    Action,
     KeyPart,
+    Override,
     params_format,
     parse_key,
     parse_params_text,
@@ -58,37 +60,12 @@ from expfs.pipeline.yamledit import UnsupportedEdit, edit_yaml_source
 
 log = logging.getLogger(__name__)
 
-Action = Literal["set", "add", "force_add", "delete"]
 _PREFIXES: tuple[tuple[str, Action], ...] = (
     ("++", "force_add"),
     ("+", "add"),
     ("~", "delete"),
 )
 _FUNCTION = re.compile(r"^(choice|range)\((.*)\)$", re.DOTALL)
-
-
-@dataclass(frozen=True)
-class Override:
-    """One parsed `-S` argument. `values` has one item unless it is a sweep."""
-
-    text: str
-    file: str
-    key: str
-    parts: tuple[KeyPart, ...]
-    """The key split into names and list indices."""
-    action: Action
-    values: tuple[Any, ...]
-
-    @property
-    def is_sweep(self) -> bool:
-        return len(self.values) > 1
-
-    @property
-    def value(self) -> Any:
-        """The single value of a non-sweep override (None for a deletion)."""
-        if self.is_sweep:
-            raise ValueError(f"override {self.text!r} is a sweep of several values")
-        return self.values[0] if self.values else None
 
 
 def parse_override(text: str) -> Override:

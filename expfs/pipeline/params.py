@@ -19,8 +19,9 @@ import json
 import re
 import tomllib
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -38,6 +39,34 @@ PARAMS_FORMATS = {
 }
 
 KeyPart = str | int
+# What an override does to its key (see expfs.pipeline.overrides).
+Action = Literal["set", "add", "force_add", "delete"]
+
+
+@dataclass(frozen=True)
+class Override:
+    """One parsed `-S` argument. `values` has one item unless it is a sweep."""
+
+    text: str
+    file: str
+    key: str
+    parts: tuple[KeyPart, ...]
+    """The key split into names and list indices."""
+    action: Action
+    values: tuple[Any, ...]
+
+    @property
+    def is_sweep(self) -> bool:
+        return len(self.values) > 1
+
+    @property
+    def value(self) -> Any:
+        """The single value of a non-sweep override (None for a deletion)."""
+        if self.is_sweep:
+            raise ValueError(f"override {self.text!r} is a sweep of several values")
+        return self.values[0] if self.values else None
+
+
 _SEGMENT = re.compile(r"^(?P<name>[^\[\]]*)(?P<indices>(\[-?\d+\])*)$")
 _INDEX = re.compile(r"\[(-?\d+)\]")
 

@@ -11,12 +11,13 @@ from __future__ import annotations
 import ast
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from expfs.pipeline.errors import OverrideError
 from expfs.pipeline.params import (
     KeyPart,
     MissingKey,
+    Override,
     assignment_target,
     format_key,
     init_assignments,
@@ -24,10 +25,7 @@ from expfs.pipeline.params import (
     python_params,
 )
 
-if TYPE_CHECKING:
-    from expfs.pipeline.overrides import Override
-
-ApplyFunction = Callable[[Any, "Override", str], Any]
+ApplyFunction = Callable[[Any, Override, str], Any]
 
 
 @dataclass

@@ -17,15 +17,12 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from expfs.pipeline.params import KeyPart
-
-if TYPE_CHECKING:
-    from expfs.pipeline.overrides import Override
+from expfs.pipeline.params import KeyPart, Override
 
 _DEFAULT_INDENT = 2
 
