@@ -106,7 +106,30 @@ def expfs_version(project: Path) -> str:
         text=True,
     ).stdout.strip()
     state = " with uncommitted changes" if dirty else ""
-    return f"{version('expfs')} (commit {commit}{state})"
+    return f"{version('expfs')} (commit {commit}{state}, {install_kind()})"
+
+
+def install_kind() -> str:
+    """Say how the measured expfs is installed: an editable install slows every start.
+
+    pip records `dir_info.editable` in the `direct_url.json` of a package it
+    installed from a folder.
+    """
+    import json
+    import sysconfig
+    from importlib.metadata import distributions
+
+    # The environment's own folder, not the expfs.egg-info that the project
+    # folder holds when the benchmark runs from it.
+    purelib = sysconfig.get_paths()["purelib"]
+    found = list(distributions(name="expfs", path=[purelib]))
+    if not found:
+        return "not installed"
+    text = found[0].read_text("direct_url.json")
+    editable = bool(text and json.loads(text).get("dir_info", {}).get("editable"))
+    if editable:
+        return "editable install, whose import hook every command start pays"
+    return "installed as users install it, not editable"
 
 
 def memory_gib() -> float:
