@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from expfs.remote.config import RemoteConfig
+
 LOOPBACK = "127.0.0.1"
 START_TIMEOUT_S = 60
 
@@ -94,6 +96,16 @@ class SshServer:
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(self.args, stdout=out, stderr=out)
         wait_for_port(self.port, self.proc, self.log)
+
+
+def sftp_config(server: SshServer, folder: Path) -> RemoteConfig:
+    """Return the config of remote `origin` at `folder` on `server`, with its key only."""
+    options = {
+        "key_filename": server.key_filename,
+        "look_for_keys": "false",
+        "allow_agent": "false",
+    }
+    return RemoteConfig("origin", server.url(str(folder)), options=options)
 
 
 def descendants(pid: int) -> list[int]:

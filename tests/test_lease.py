@@ -32,19 +32,21 @@ from expfs.remote.lease import (
 from expfs.remote.transfer import Remote
 from expfs.store import Store
 from tests.conftest import git
-from tests.remote_servers import s3_options, seaweedfs
+from tests.remote_servers import s3_options, seaweedfs, sftp_config, sshd
 
-__all__ = ["seaweedfs"]
+__all__ = ["seaweedfs", "sshd"]
 
 RUN_KEY = "ab" * 32
 MakeRemote = Callable[[], Remote]
 
 
-@pytest.fixture(params=["file", "s3"])
+@pytest.fixture(params=["file", "sftp", "s3"])
 def make_remote(request: pytest.FixtureRequest, tmp_path: Path) -> MakeRemote:
     """Return a factory of `Remote` objects that all open one new location."""
     if request.param == "file":
         config = RemoteConfig("origin", f"file://{tmp_path}/remote")
+    elif request.param == "sftp":
+        config = sftp_config(request.getfixturevalue("sshd"), tmp_path / "remote")
     else:
         server = request.getfixturevalue("seaweedfs")
         config = RemoteConfig(

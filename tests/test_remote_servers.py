@@ -36,6 +36,7 @@ from tests.remote_servers import (
     free_port,
     s3_options,
     seaweedfs,
+    sftp_config,
     sshd,
     start_seaweedfs,
     start_sshd,
@@ -57,15 +58,6 @@ def clone_store(tmp_path: Path) -> Iterator[Store]:
     created, _ = init_store(str(root))
     yield created
     close_environment(os.path.join(created.root, "index"))
-
-
-def sftp_config(server: SshServer, folder: Path) -> RemoteConfig:
-    options = {
-        "key_filename": server.key_filename,
-        "look_for_keys": "false",
-        "allow_agent": "false",
-    }
-    return RemoteConfig("origin", server.url(str(folder)), options=options)
 
 
 def s3_config(server: S3Server) -> RemoteConfig:
