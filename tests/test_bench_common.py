@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -166,6 +168,16 @@ def test_measure_in_scratch_saves_record(
     assert saved == {"figure": 1}
 
 
+def failing_measure(error: Exception, seen: list[Path]) -> Callable[[Path], Any]:
+    """Return a measure function that records its folder, then raises `error`."""
+
+    def measure(work: Path) -> dict[str, int]:
+        seen.append(work)
+        raise error
+
+    return measure
+
+
 def test_measure_in_scratch_keeps_failed(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -175,12 +187,11 @@ def test_measure_in_scratch_keeps_failed(
     extra = tmp_path / "extra"
     extra.mkdir()
     seen: list[Path] = []
+    error = BenchError("the tool printed the wrong digest")
 
-    def measure(work: Path) -> dict[str, int]:
-        seen.append(work)
-        raise BenchError("the tool printed the wrong digest")
-
-    assert measure_in_scratch("bench_test", measure, [extra]) is None
+    assert (
+        measure_in_scratch("bench_test", failing_measure(error, seen), [extra]) is None
+    )
     assert seen[0].is_dir()
     assert extra.is_dir()
     err = capsys.readouterr().err
@@ -196,12 +207,11 @@ def test_measure_in_scratch_removes_pending(
     extra = tmp_path / "extra"
     extra.mkdir()
     seen: list[Path] = []
+    error = ToolPending("DVC could not be installed")
 
-    def measure(work: Path) -> dict[str, int]:
-        seen.append(work)
-        raise ToolPending("DVC could not be installed")
-
-    assert measure_in_scratch("bench_test", measure, [extra]) is None
+    assert (
+        measure_in_scratch("bench_test", failing_measure(error, seen), [extra]) is None
+    )
     assert not seen[0].exists()
     assert not extra.exists()
 
