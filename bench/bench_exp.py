@@ -46,7 +46,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -553,6 +553,36 @@ def measure_tools(
     first_run = expfs.run([next(values)], "warm-up")
     dvc.run(next(values), "warm-up")
 
+    single = time_single_runs(args, expfs, dvc, values)
+    steps, daemon = trace_single_runs(args, work, expfs, values)
+    sweeps = time_sweeps(args, work, expfs, dvc, values)
+
+    batch = [next(values) for _ in range(args.sweep_size)]
+    trace_file = work / "traced-sweep.json"
+    expfs.run(batch, "traced-sweep", traced=trace_file)
+    sweep_trace = sweep_steps(json.loads(trace_file.read_text()))
+
+    record.update(
+        {
+            "single": {tool: summary(s) for tool, s in single.items()},
+            "first_run": first_run,
+            "single_ratio": summary(pair_ratios(single["dvc"], single["expfs"])),
+            "sweep": {tool: summary(s) for tool, s in sweeps.items()},
+            "sweep_ratio": summary(pair_ratios(sweeps["dvc"], sweeps["expfs"])),
+            "steps": {key: summary([s[key] for s in steps]) for key in steps[0]},
+            "daemon": {key: summary([d[key] for d in daemon]) for key in daemon[0]},
+            "sweep_steps": {k: v / args.sweep_size for k, v in sweep_trace.items()},
+            "imports": time_imports(args.reps),
+            "load_after": os.getloadavg(),
+        }
+    )
+    return record
+
+
+def time_single_runs(
+    args: argparse.Namespace, expfs: Expfs, dvc: Dvc, values: Iterator[int]
+) -> dict[str, list[float]]:
+    """Time one-experiment runs: expfs, DVC, and expfs without its server, in turn."""
     single: dict[str, list[float]] = {"expfs": [], "dvc": [], "no_server": []}
     for rep in range(args.reps):
         single["expfs"].append(expfs.run([next(values)], f"single-{rep}"))
@@ -566,7 +596,13 @@ def measure_tools(
             f"{fmt(single['no_server'][-1])}",
             flush=True,
         )
+    return single
 
+
+def trace_single_runs(
+    args: argparse.Namespace, work: Path, expfs: Expfs, values: Iterator[int]
+) -> tuple[list[dict[str, float]], list[dict[str, float]]]:
+    """Run single experiments on the traced server; return their steps and daemon parts."""
     expfs.start_traced_server()
     expfs.run([next(values)], "traced-warm-up", traced=work / "traced-warm-up.json")
 
@@ -580,7 +616,17 @@ def measure_tools(
         steps.append(breakdown(trace, expfs.spawned, expfs.exited))
         mount = next(e for e in trace["events"] if e["step"] == "mount")
         daemon.append(daemon_breakdown(mount, expfs.daemon_times(name)))
+    return steps, daemon
 
+
+def time_sweeps(
+    args: argparse.Namespace,
+    work: Path,
+    expfs: Expfs,
+    dvc: Dvc,
+    values: Iterator[int],
+) -> dict[str, list[float]]:
+    """Time sweeps of `args.sweep_size` experiments with expfs and DVC, in turn."""
     sweeps: dict[str, list[float]] = {"expfs": [], "dvc": []}
     for rep in range(args.sweep_reps):
         batch = [next(values) for _ in range(args.sweep_size)]
@@ -592,36 +638,17 @@ def measure_tools(
             f"DVC {fmt(sweeps['dvc'][-1])}",
             flush=True,
         )
+    return sweeps
 
-    batch = [next(values) for _ in range(args.sweep_size)]
-    trace_file = work / "traced-sweep.json"
-    expfs.run(batch, "traced-sweep", traced=trace_file)
-    sweep_trace = sweep_steps(json.loads(trace_file.read_text()))
 
+def time_imports(reps: int) -> dict[str, dict[str, float]]:
+    """Time Python start-up alone, with trio and pyfuse3, and with the daemon module."""
     python = sys.executable
-    record.update(
-        {
-            "single": {tool: summary(s) for tool, s in single.items()},
-            "first_run": first_run,
-            "single_ratio": summary(pair_ratios(single["dvc"], single["expfs"])),
-            "sweep": {tool: summary(s) for tool, s in sweeps.items()},
-            "sweep_ratio": summary(pair_ratios(sweeps["dvc"], sweeps["expfs"])),
-            "steps": {key: summary([s[key] for s in steps]) for key in steps[0]},
-            "daemon": {key: summary([d[key] for d in daemon]) for key in daemon[0]},
-            "sweep_steps": {k: v / args.sweep_size for k, v in sweep_trace.items()},
-            "imports": {
-                "pass": time_command([python, "-c", "pass"], args.reps),
-                "trio_pyfuse3": time_command(
-                    [python, "-c", "import trio, pyfuse3"], args.reps
-                ),
-                "daemon_module": time_command(
-                    [python, "-c", "import expfs.fuse.daemon"], args.reps
-                ),
-            },
-            "load_after": os.getloadavg(),
-        }
-    )
-    return record
+    return {
+        "pass": time_command([python, "-c", "pass"], reps),
+        "trio_pyfuse3": time_command([python, "-c", "import trio, pyfuse3"], reps),
+        "daemon_module": time_command([python, "-c", "import expfs.fuse.daemon"], reps),
+    }
 
 
 # -- report ---------------------------------------------------------------------------
