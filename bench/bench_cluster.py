@@ -262,23 +262,25 @@ def measure(args: argparse.Namespace, work: Path, node_tmp: Path) -> dict[str, A
             )
 
     record["local_cluster_alone"] = summary(alone)
-    record["workloads"] = {}
-    for key, got in samples.items():
-        cluster, local, dvc = got["cluster"], got["local"], got["dvc"]
-        record["workloads"][key] = {
-            "samples": got,
-            **{tool: summary(got[tool]) for tool in TOOLS},
-            "overhead_per_experiment": summary(
-                [
-                    (c - lo) / args.sweep_size
-                    for c, lo in zip(cluster, local, strict=True)
-                ]
-            ),
-            "cluster_over_local": summary(pair_ratios(cluster, local)),
-            "dvc_over_cluster": summary(pair_ratios(dvc, cluster)),
-        }
+    record["workloads"] = {
+        key: summarize_workload(got, args.sweep_size) for key, got in samples.items()
+    }
     record["load_after"] = os.getloadavg()
     return record
+
+
+def summarize_workload(got: dict[str, list[float]], sweep_size: int) -> dict[str, Any]:
+    """Summarize one workload's sweep times per tool, with the rep-by-rep ratios."""
+    cluster, local, dvc = got["cluster"], got["local"], got["dvc"]
+    return {
+        "samples": got,
+        **{tool: summary(got[tool]) for tool in TOOLS},
+        "overhead_per_experiment": summary(
+            [(c - lo) / sweep_size for c, lo in zip(cluster, local, strict=True)]
+        ),
+        "cluster_over_local": summary(pair_ratios(cluster, local)),
+        "dvc_over_cluster": summary(pair_ratios(dvc, cluster)),
+    }
 
 
 # -- report ---------------------------------------------------------------------------
