@@ -602,7 +602,7 @@ def time_single_runs(
 def trace_single_runs(
     args: argparse.Namespace, work: Path, expfs: Expfs, values: Iterator[int]
 ) -> tuple[list[dict[str, float]], list[dict[str, float]]]:
-    """Run single experiments on the traced server; return their steps and daemon parts."""
+    """Run single experiments on the traced server and return their steps and daemon parts."""
     expfs.start_traced_server()
     expfs.run([next(values)], "traced-warm-up", traced=work / "traced-warm-up.json")
 
