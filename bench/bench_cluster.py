@@ -22,8 +22,12 @@ overhead. Every param value is new, so no run-cache serves a stage. A run
 counts only after each of its experiments is listed with status success and
 score = 2 x its param. The expfs commands get a private TMPDIR, so the
 workers' node-local store and Dask's scratch folder stay in this
-benchmark's temporary folder. Dask or mount processes still running 10 s
-after a command exits are counted on the page and ended by process id.
+benchmark's temporary folder. They also run with EXPFS_NO_SERVER=1, each
+in its own process. An expfs server would inherit the marker variable by
+which this script finds the processes a command left behind, so the
+script would end it as one of them. Dask or mount processes still
+running 10 s after a command exits are counted on the page and ended by
+process id.
 The script prints a summary and, unless `--quick`, rewrites the "Cluster"
 section of bench/RESULTS.md between its markers.
 """
@@ -31,10 +35,7 @@ section of bench/RESULTS.md between its markers.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -44,31 +45,27 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-BENCH_DIR = Path(__file__).resolve().parent
-PROJECT = BENCH_DIR.parent
+if __package__ in (None, ""):
+    # Run as a file (`python bench/bench_cluster.py`, as `python -m bench`
+    # does), the project root is not on sys.path, and the bench package is in it.
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-if str(PROJECT) not in sys.path:
-    # Run as `python bench/bench_cluster.py` (as `python -m bench` does), the
-    # project root is not on sys.path, and the bench package is imported from it.
-    sys.path.insert(0, str(PROJECT))
-
-from bench.bench_exp import (  # noqa: E402
+from bench.bench_exp import SWEEP_JOBS, TRAIN_SCRIPT, Dvc, Expfs, fmt, spread  # noqa: E402
+from bench.common import (  # noqa: E402
     EXPFS,
-    SWEEP_JOBS,
-    TRAIN_SCRIPT,
-    BenchError,
-    Dvc,
-    Expfs,
-    fmt,
-    run_checked,
-    spread,
+    PROJECT,
+    Section,
+    add_dvc_venv_option,
+    add_results_option,
+    describe_machine,
+    load_before_after,
+    measure_in_scratch,
+    pair_ratios,
+    run_timed,
     summary,
 )
 
-RESULTS = BENCH_DIR / "RESULTS.md"
-SECTION = "## Cluster"
-BEGIN_MARKER = "<!-- bench_cluster.py: begin -->"
-END_MARKER = "<!-- bench_cluster.py: end -->"
+SECTION = Section("## Cluster", "bench_cluster.py")
 
 SWEEP_SIZE = 10
 QUICK_SWEEP_SIZE = 3
@@ -157,7 +154,7 @@ def commit_stage_script(root: Path, script: str, env: Mapping[str, str]) -> None
     if script == TRAIN_SCRIPT:
         return
     (root / "train.sh").write_text(script)
-    run_checked(["git", "commit", "-qam", "stage script"], root, env)
+    run_timed(["git", "commit", "-qam", "stage script"], root, env)
 
 
 class Sweeps:
@@ -171,11 +168,12 @@ class Sweeps:
         dvc_program: Path,
         dvc_env: Mapping[str, str],
     ) -> None:
-        self.expfs = Expfs(work / "expfs", expfs_env)
+        work.mkdir()
+        self.expfs = Expfs(work / "expfs", expfs_env, work)
         commit_stage_script(self.expfs.root, script, expfs_env)
         remote = work / "remote"
         remote.mkdir()
-        run_checked(
+        run_timed(
             [EXPFS, "remote", "add", "origin", remote.as_uri(), "--default"],
             self.expfs.root,
             expfs_env,
@@ -192,13 +190,13 @@ class Sweeps:
         argv += ["--name", name, "-j", str(SWEEP_JOBS)]
         if tool == "cluster":
             argv += ["--cluster", "local"]
-        seconds, _ = run_checked(argv, self.expfs.root, self.expfs.env)
+        seconds, _ = run_timed(argv, self.expfs.root, self.expfs.env)
         self.expfs.verify(values, name)
         return seconds
 
 
 def time_local_cluster_alone(env: Mapping[str, str], cwd: Path) -> float:
-    seconds, _ = run_checked([sys.executable, "-c", LOCAL_CLUSTER_ALONE], cwd, env)
+    seconds, _ = run_timed([sys.executable, "-c", LOCAL_CLUSTER_ALONE], cwd, env)
     return seconds
 
 
@@ -210,7 +208,12 @@ def measure(args: argparse.Namespace, work: Path, node_tmp: Path) -> dict[str, A
 
     dvc_program = install_dvc(args.dvc_venv)
     marker = str(work)
-    expfs_env = {**base_env(), "TMPDIR": str(node_tmp), MARKER_VARIABLE: marker}
+    expfs_env = {
+        **base_env(),
+        "TMPDIR": str(node_tmp),
+        MARKER_VARIABLE: marker,
+        "EXPFS_NO_SERVER": "1",
+    }
     dvc_environment = dvc_env(work / "dvc-home")
     sweeps = {
         key: Sweeps(work / key, script, expfs_env, dvc_program, dvc_environment)
@@ -259,27 +262,25 @@ def measure(args: argparse.Namespace, work: Path, node_tmp: Path) -> dict[str, A
             )
 
     record["local_cluster_alone"] = summary(alone)
-    record["workloads"] = {}
-    for key, got in samples.items():
-        cluster, local, dvc = got["cluster"], got["local"], got["dvc"]
-        record["workloads"][key] = {
-            "samples": got,
-            **{tool: summary(got[tool]) for tool in TOOLS},
-            "overhead_per_experiment": summary(
-                [
-                    (c - lo) / args.sweep_size
-                    for c, lo in zip(cluster, local, strict=True)
-                ]
-            ),
-            "cluster_over_local": summary(
-                [c / lo for c, lo in zip(cluster, local, strict=True)]
-            ),
-            "dvc_over_cluster": summary(
-                [d / c for d, c in zip(dvc, cluster, strict=True)]
-            ),
-        }
+    record["workloads"] = {
+        key: summarize_workload(got, args.sweep_size) for key, got in samples.items()
+    }
     record["load_after"] = os.getloadavg()
     return record
+
+
+def summarize_workload(got: dict[str, list[float]], sweep_size: int) -> dict[str, Any]:
+    """Summarize one workload's sweep times per tool, with the rep-by-rep ratios."""
+    cluster, local, dvc = got["cluster"], got["local"], got["dvc"]
+    return {
+        "samples": got,
+        **{tool: summary(got[tool]) for tool in TOOLS},
+        "overhead_per_experiment": summary(
+            [(c - lo) / sweep_size for c, lo in zip(cluster, local, strict=True)]
+        ),
+        "cluster_over_local": summary(pair_ratios(cluster, local)),
+        "dvc_over_cluster": summary(pair_ratios(dvc, cluster)),
+    }
 
 
 # -- report ---------------------------------------------------------------------------
@@ -292,19 +293,14 @@ def ratio(stats: Mapping[str, float]) -> str:
 def render(record: dict[str, Any], argv: str) -> str:
     m = record["machine"]
     size, reps = record["sweep_size"], record["reps"]
-    load = " / ".join(
-        " ".join(f"{v:.1f}" for v in record[key])
-        for key in ("load_before", "load_after")
-    )
+    load = load_before_after(record)
     command = f"python -m bench.bench_cluster {argv}".strip()
     lines = [
-        SECTION,
-        BEGIN_MARKER,
+        SECTION.heading,
+        SECTION.begin,
         "",
         f"`{command}`, {m['date']}: medians of {reps} runs, (min–max) beside them. "
-        f"Machine: {m['cores']} cores ({m['cpu']}), {m['memory']}, "
-        f"{m['filesystem']}, Linux {m['kernel']}, Python {m['python']}, DVC "
-        f"{m['dvc']}, expfs {m['expfs']}. Load average {load} (1, 5 and 15 min, "
+        f"{describe_machine(m, m['dvc'])} Load average {load} (1, 5 and 15 min, "
         "before / after): other work on the machine inflates every figure, so "
         "compare the ratios, taken run by run.",
         "",
@@ -344,7 +340,7 @@ def render(record: dict[str, Any], argv: str) -> str:
     ]
     for paragraph in findings(record):
         lines += [paragraph, ""]
-    lines += [END_MARKER, ""]
+    lines += [SECTION.end, ""]
     return "\n".join(lines)
 
 
@@ -392,20 +388,6 @@ def findings(record: dict[str, Any]) -> list[str]:
     return lines
 
 
-def write_section(text: str, results: Path) -> None:
-    """Replace the text between this script's markers, or append the section."""
-    current = results.read_text() if results.exists() else "# Benchmark results\n"
-    pattern = re.compile(
-        rf"^{re.escape(SECTION)}\n{re.escape(BEGIN_MARKER)}\n.*?{re.escape(END_MARKER)}\n",
-        re.S | re.M,
-    )
-    if pattern.search(current):
-        updated = pattern.sub(lambda _: text, current, count=1)
-    else:
-        updated = current.rstrip("\n") + "\n\n" + text
-    results.write_text(updated)
-
-
 def print_summary(record: dict[str, Any]) -> None:
     for key, w in record["workloads"].items():
         print(
@@ -439,13 +421,8 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"one rep with sweeps of {QUICK_SWEEP_SIZE}; print only, RESULTS.md "
         "unchanged",
     )
-    parser.add_argument(
-        "--dvc-venv",
-        type=Path,
-        default=BENCH_DIR / "work" / "dvc-venv",
-        help="virtual environment holding DVC, created if missing "
-        "(default bench/work/dvc-venv)",
-    )
+    add_dvc_venv_option(parser)
+    add_results_option(parser)
     return parser
 
 
@@ -457,34 +434,23 @@ def main(argv: list[str]) -> int:
     if args.reps < 1:
         print("invalid --reps: give at least 1", file=sys.stderr)
         return 2
-    (BENCH_DIR / "work").mkdir(exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="cluster-", dir=BENCH_DIR / "work"))
     # A short folder, because each worker mount's control socket lives under
     # TMPDIR and AF_UNIX socket paths are limited to 107 bytes on Linux.
     node_tmp = Path(tempfile.mkdtemp(prefix="ebc-"))
-    from bench.restore.measure import ToolPending
 
-    try:
-        record = measure(args, work, node_tmp)
-    except ToolPending as exc:
-        print(f"bench_cluster: DVC cannot be measured: {exc}", file=sys.stderr)
-        shutil.rmtree(work)
-        shutil.rmtree(node_tmp)
+    def measure_and_clean_up(work: Path) -> dict[str, Any]:
+        try:
+            return measure(args, work, node_tmp)
+        finally:
+            end_leftovers(str(work))
+            unmount_leftovers([work, node_tmp])
+
+    record = measure_in_scratch("bench_cluster", measure_and_clean_up, [node_tmp])
+    if record is None:
         return 1
-    except BenchError as exc:
-        print(f"bench_cluster: {exc}", file=sys.stderr)
-        print(f"its files are kept in {work} and {node_tmp}", file=sys.stderr)
-        return 1
-    finally:
-        end_leftovers(str(work))
-        unmount_leftovers([work, node_tmp])
-    shutil.rmtree(work)
-    shutil.rmtree(node_tmp)
-    (BENCH_DIR / "work" / "bench_cluster-last.json").write_text(json.dumps(record))
     print_summary(record)
     if not args.quick:
-        write_section(render(record, " ".join(argv)), RESULTS)
-        print(f"updated the {SECTION[3:]} section of {RESULTS}")
+        SECTION.write(render(record, " ".join(argv)), args.results)
     return 0
 
 

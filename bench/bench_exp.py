@@ -42,25 +42,38 @@ import argparse
 import json
 import os
 import re
-import shutil
 import signal
-import statistics
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-BENCH_DIR = Path(__file__).resolve().parent
-PROJECT = BENCH_DIR.parent
-RESULTS = BENCH_DIR / "RESULTS.md"
-SECTION = "## Experiments"
-BEGIN_MARKER = "<!-- bench_exp.py: begin -->"
-END_MARKER = "<!-- bench_exp.py: end -->"
-EXPFS = str(Path(sys.executable).with_name("expfs"))
+if __package__ in (None, ""):
+    # Run as a file (`python bench/bench_exp.py`, as `python -m bench` does),
+    # the project root is not on sys.path, and the bench package is in it.
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import (  # noqa: E402
+    EXPFS,
+    PROJECT,
+    BenchError,
+    Section,
+    add_dvc_venv_option,
+    add_results_option,
+    describe_machine,
+    format_seconds,
+    load_before_after,
+    measure_in_scratch,
+    pair_ratios,
+    run_timed,
+    summary,
+    time_calls,
+)
+
+SECTION = Section("## Experiments", "bench_exp.py")
 
 # Targets for a trivial stage, start-up included.
 TARGET_RUN_S = 0.3
@@ -115,10 +128,6 @@ DAEMON_LOG_LINE = re.compile(
     r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) \d+ INFO \S+: "
     r"(starting daemon|mounted experiment|serving experiment)"
 )
-
-
-class BenchError(Exception):
-    """A tool did not do what the benchmark measures, so its time does not count."""
 
 
 # -- the traced server -----------------------------------------------------------
@@ -225,58 +234,24 @@ def stop_servers(folder: Path) -> None:
 # -- helpers ------------------------------------------------------------------------
 
 
-def summary(samples: Sequence[float]) -> dict[str, float]:
-    return {
-        "median": statistics.median(samples),
-        "min": min(samples),
-        "max": max(samples),
-        "count": len(samples),
-    }
-
-
-def run_checked(
-    argv: Sequence[str], cwd: Path, env: Mapping[str, str]
-) -> tuple[float, str]:
-    """Run `argv`; return its wall time and output, or raise BenchError on failure."""
-    start = time.perf_counter()
-    proc = subprocess.run(
-        list(argv),
-        cwd=cwd,
-        env=dict(env),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        errors="replace",
-    )
-    seconds = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise BenchError(
-            f"{' '.join(argv)} exited with status {proc.returncode} in {cwd}: "
-            f"{proc.stdout.strip()[-1500:]}"
-        )
-    return seconds, proc.stdout
-
-
 def make_repo(root: Path, env: Mapping[str, str], init: list[str], ignore: str) -> None:
     """Create a Git repository holding the trivial pipeline, with `x: 0` committed."""
     root.mkdir(parents=True)
-    run_checked(["git", "init", "-q"], root, env)
-    run_checked(init, root, env)
+    run_timed(["git", "init", "-q"], root, env)
+    run_timed(init, root, env)
     (root / "dvc.yaml").write_text(STAGE_FILE)
     (root / "train.sh").write_text(TRAIN_SCRIPT)
     (root / "params.yaml").write_text("x: 0\n")
     (root / ".gitignore").write_text(ignore)
-    run_checked(["git", "add", "-A"], root, env)
-    run_checked(["git", "commit", "-qm", "trivial pipeline"], root, env)
+    run_timed(["git", "add", "-A"], root, env)
+    run_timed(["git", "commit", "-qm", "trivial pipeline"], root, env)
 
 
 def fmt(seconds: float) -> str:
+    """Format a duration like format_seconds, but to 0.1 s from 10 s up."""
     if seconds >= 10:
         return f"{seconds:.1f} s"
-    if seconds >= 1:
-        return f"{seconds:.2f} s"
-    return f"{seconds * 1000:.0f} ms"
+    return format_seconds(seconds)
 
 
 def spread(stats: Mapping[str, float]) -> str:
@@ -340,7 +315,7 @@ class Expfs:
             env["BENCH_TRACE_OUT"] = str(traced)
         command = [EXPFS, *argv]
         self.spawned = time.time()
-        seconds, _ = run_checked(command, self.root, env)
+        seconds, _ = run_timed(command, self.root, env)
         self.exited = time.time()
         self.verify(values, name)
         self.check_unmounted()
@@ -353,7 +328,7 @@ class Expfs:
 
     def verify(self, values: list[int], name: str) -> None:
         """Raise unless each experiment succeeded with score = 2 × its x."""
-        _, output = run_checked([EXPFS, "exp", "show", "--json"], self.root, self.env)
+        _, output = run_timed([EXPFS, "exp", "show", "--json"], self.root, self.env)
         rows = {row["name"]: row for row in json.loads(output)}
         for expected, x in self.names(values, name).items():
             row = rows.get(expected)
@@ -435,7 +410,7 @@ class Dvc:
 
     def run(self, value: int, name: str) -> float:
         argv = [self.program, "exp", "run", "-S", f"x={value}", "-n", name]
-        seconds, _ = run_checked(argv, self.root, self.env)
+        seconds, _ = run_timed(argv, self.root, self.env)
         self.verify({name: value}, queued=False)
         return seconds
 
@@ -445,7 +420,7 @@ class Dvc:
         start = time.perf_counter()
         for experiment, value in names.items():
             argv = [self.program, "exp", "run", "--queue", "-S", f"x={value}"]
-            run_checked([*argv, "-n", experiment], self.root, self.env)
+            run_timed([*argv, "-n", experiment], self.root, self.env)
         # The workers inherit the output of `dvc queue start`: a file, not a
         # pipe, or reading it would wait for their idle exit.
         with open(log_dir / f"{name}.queue-start.log", "w") as log_file:
@@ -517,7 +492,7 @@ class Dvc:
 
     def verify(self, names: Mapping[str, int], queued: bool) -> None:
         """Raise unless each experiment is saved with score = 2 × its x."""
-        _, output = run_checked(
+        _, output = run_timed(
             [self.program, "exp", "show", "--json"], self.root, self.env
         )
         found = {}
@@ -542,12 +517,10 @@ class Dvc:
 
 
 def time_command(argv: list[str], reps: int) -> dict[str, float]:
-    samples = []
-    for _ in range(reps):
-        start = time.perf_counter()
+    def run() -> None:
         subprocess.run(argv, check=True, cwd=PROJECT, stdout=subprocess.DEVNULL)
-        samples.append(time.perf_counter() - start)
-    return summary(samples)
+
+    return summary(time_calls(run, reps))
 
 
 def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -581,6 +554,36 @@ def measure_tools(
     first_run = expfs.run([next(values)], "warm-up")
     dvc.run(next(values), "warm-up")
 
+    single = time_single_runs(args, expfs, dvc, values)
+    steps, daemon = trace_single_runs(args, work, expfs, values)
+    sweeps = time_sweeps(args, work, expfs, dvc, values)
+
+    batch = [next(values) for _ in range(args.sweep_size)]
+    trace_file = work / "traced-sweep.json"
+    expfs.run(batch, "traced-sweep", traced=trace_file)
+    sweep_trace = sweep_steps(json.loads(trace_file.read_text()))
+
+    record.update(
+        {
+            "single": {tool: summary(s) for tool, s in single.items()},
+            "first_run": first_run,
+            "single_ratio": summary(pair_ratios(single["dvc"], single["expfs"])),
+            "sweep": {tool: summary(s) for tool, s in sweeps.items()},
+            "sweep_ratio": summary(pair_ratios(sweeps["dvc"], sweeps["expfs"])),
+            "steps": {key: summary([s[key] for s in steps]) for key in steps[0]},
+            "daemon": {key: summary([d[key] for d in daemon]) for key in daemon[0]},
+            "sweep_steps": {k: v / args.sweep_size for k, v in sweep_trace.items()},
+            "imports": time_imports(args.reps),
+            "load_after": os.getloadavg(),
+        }
+    )
+    return record
+
+
+def time_single_runs(
+    args: argparse.Namespace, expfs: Expfs, dvc: Dvc, values: Iterator[int]
+) -> dict[str, list[float]]:
+    """Time one-experiment runs: expfs, DVC, and expfs without its server, in turn."""
     single: dict[str, list[float]] = {"expfs": [], "dvc": [], "no_server": []}
     for rep in range(args.reps):
         single["expfs"].append(expfs.run([next(values)], f"single-{rep}"))
@@ -594,7 +597,13 @@ def measure_tools(
             f"{fmt(single['no_server'][-1])}",
             flush=True,
         )
+    return single
 
+
+def trace_single_runs(
+    args: argparse.Namespace, work: Path, expfs: Expfs, values: Iterator[int]
+) -> tuple[list[dict[str, float]], list[dict[str, float]]]:
+    """Run single experiments on the traced server and return their steps and daemon parts."""
     expfs.start_traced_server()
     expfs.run([next(values)], "traced-warm-up", traced=work / "traced-warm-up.json")
 
@@ -608,7 +617,17 @@ def measure_tools(
         steps.append(breakdown(trace, expfs.spawned, expfs.exited))
         mount = next(e for e in trace["events"] if e["step"] == "mount")
         daemon.append(daemon_breakdown(mount, expfs.daemon_times(name)))
+    return steps, daemon
 
+
+def time_sweeps(
+    args: argparse.Namespace,
+    work: Path,
+    expfs: Expfs,
+    dvc: Dvc,
+    values: Iterator[int],
+) -> dict[str, list[float]]:
+    """Time sweeps of `args.sweep_size` experiments with expfs and DVC, in turn."""
     sweeps: dict[str, list[float]] = {"expfs": [], "dvc": []}
     for rep in range(args.sweep_reps):
         batch = [next(values) for _ in range(args.sweep_size)]
@@ -620,40 +639,17 @@ def measure_tools(
             f"DVC {fmt(sweeps['dvc'][-1])}",
             flush=True,
         )
+    return sweeps
 
-    batch = [next(values) for _ in range(args.sweep_size)]
-    trace_file = work / "traced-sweep.json"
-    expfs.run(batch, "traced-sweep", traced=trace_file)
-    sweep_trace = sweep_steps(json.loads(trace_file.read_text()))
 
+def time_imports(reps: int) -> dict[str, dict[str, float]]:
+    """Time Python start-up alone, with trio and pyfuse3, and with the daemon module."""
     python = sys.executable
-    record.update(
-        {
-            "single": {tool: summary(s) for tool, s in single.items()},
-            "first_run": first_run,
-            "single_ratio": summary(
-                [d / e for e, d in zip(single["expfs"], single["dvc"], strict=True)]
-            ),
-            "sweep": {tool: summary(s) for tool, s in sweeps.items()},
-            "sweep_ratio": summary(
-                [d / e for e, d in zip(sweeps["expfs"], sweeps["dvc"], strict=True)]
-            ),
-            "steps": {key: summary([s[key] for s in steps]) for key in steps[0]},
-            "daemon": {key: summary([d[key] for d in daemon]) for key in daemon[0]},
-            "sweep_steps": {k: v / args.sweep_size for k, v in sweep_trace.items()},
-            "imports": {
-                "pass": time_command([python, "-c", "pass"], args.reps),
-                "trio_pyfuse3": time_command(
-                    [python, "-c", "import trio, pyfuse3"], args.reps
-                ),
-                "daemon_module": time_command(
-                    [python, "-c", "import expfs.fuse.daemon"], args.reps
-                ),
-            },
-            "load_after": os.getloadavg(),
-        }
-    )
-    return record
+    return {
+        "pass": time_command([python, "-c", "pass"], reps),
+        "trio_pyfuse3": time_command([python, "-c", "import trio, pyfuse3"], reps),
+        "daemon_module": time_command([python, "-c", "import expfs.fuse.daemon"], reps),
+    }
 
 
 # -- report ---------------------------------------------------------------------------
@@ -666,21 +662,16 @@ def verdict(value: float, target: float) -> str:
 def render(record: dict[str, Any], argv: str, args: argparse.Namespace) -> str:
     m = record["machine"]
     single, sweep = record["single"], record["sweep"]
-    load = " / ".join(
-        " ".join(f"{v:.1f}" for v in record[key])
-        for key in ("load_before", "load_after")
-    )
+    load = load_before_after(record)
     ratio = record["single_ratio"]
     sweep_ratio = record["sweep_ratio"]
     lines = [
-        SECTION,
-        BEGIN_MARKER,
+        SECTION.heading,
+        SECTION.begin,
         "",
         f"`{f'python -m bench.bench_exp {argv}'.strip()}`, {m['date']}: medians of {args.reps} runs "
         f"for one experiment and {args.sweep_reps} for the sweep, (min–max) beside "
-        f"them. Machine: {m['cores']} cores ({m['cpu']}), {m['memory']}, "
-        f"{m['filesystem']}, Linux {m['kernel']}, Python {m['python']}, DVC "
-        f"{m['dvc']}, expfs {m['expfs']}. Load average {load} (1, 5 and 15 min, "
+        f"them. {describe_machine(m, m['dvc'])} Load average {load} (1, 5 and 15 min, "
         "before / after): other work on the machine inflates every figure, so "
         "compare ratios, taken run by run from tools run alternately.",
         "",
@@ -702,7 +693,7 @@ def render(record: dict[str, Any], argv: str, args: argparse.Namespace) -> str:
         f"{sweep_ratio['median']:.1f} ({sweep_ratio['min']:.1f}–"
         f"{sweep_ratio['max']:.1f}) | < {TARGET_SWEEP_S:.0f} s | "
         f"{verdict(sweep['expfs']['median'], TARGET_SWEEP_S)} |",
-        show_row(),
+        show_row(args.results),
         "",
         f"The first `exp run` of the benchmark, which starts the expfs server, "
         f"took {fmt(record['first_run'])}; one `exp run` with EXPFS_NO_SERVER=1, "
@@ -721,15 +712,15 @@ def render(record: dict[str, Any], argv: str, args: argparse.Namespace) -> str:
     lines += ["", *sweep_lines(record, args), ""]
     for paragraph in findings(record):
         lines += [paragraph, ""]
-    lines += [END_MARKER, ""]
+    lines += [SECTION.end, ""]
     return "\n".join(lines)
 
 
-def show_row() -> str:
+def show_row(results: Path) -> str:
     """Return the `exp show` row, with the figure bench_show.py wrote on the page."""
     found = re.search(
         r"^\| `expfs exp show` \| ([\d.]+) (ms|s) \|",
-        RESULTS.read_text() if RESULTS.exists() else "",
+        results.read_text() if results.exists() else "",
         re.M,
     )
     if found is None:
@@ -848,20 +839,6 @@ def findings(record: dict[str, Any]) -> list[str]:
     return lines
 
 
-def write_section(text: str, results: Path) -> None:
-    """Replace the text between this script's markers, or append the section."""
-    current = results.read_text() if results.exists() else "# Benchmark results\n"
-    pattern = re.compile(
-        rf"^{re.escape(SECTION)}\n{re.escape(BEGIN_MARKER)}\n.*?{re.escape(END_MARKER)}\n",
-        re.S | re.M,
-    )
-    if pattern.search(current):
-        updated = pattern.sub(lambda _: text, current, count=1)
-    else:
-        updated = current.rstrip("\n") + "\n\n" + text
-    results.write_text(updated)
-
-
 def print_summary(record: dict[str, Any]) -> None:
     for what in ("single", "sweep"):
         ratio = record[f"{what}_ratio"]["median"]
@@ -895,13 +872,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="one run of each, a sweep of 4; print only, RESULTS.md unchanged",
     )
-    parser.add_argument(
-        "--dvc-venv",
-        type=Path,
-        default=BENCH_DIR / "work" / "dvc-venv",
-        help="virtual environment holding DVC, created if missing "
-        "(default bench/work/dvc-venv)",
-    )
+    add_dvc_venv_option(parser)
+    add_results_option(parser)
     return parser
 
 
@@ -915,32 +887,14 @@ def main(argv: list[str]) -> int:
     if args.reps < 1 or args.sweep_reps < 1:
         print("invalid --reps or --sweep-reps: give at least 1", file=sys.stderr)
         return 2
-    (BENCH_DIR / "work").mkdir(exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="exp-", dir=BENCH_DIR / "work"))
-    from bench.restore.measure import ToolPending
-
-    try:
-        record = measure(args, work)
-    except ToolPending as exc:
-        print(f"bench_exp: DVC cannot be measured: {exc}", file=sys.stderr)
-        shutil.rmtree(work)
+    record = measure_in_scratch("bench_exp", lambda work: measure(args, work))
+    if record is None:
         return 1
-    except BenchError as exc:
-        print(f"bench_exp: {exc}", file=sys.stderr)
-        print(f"its files are kept in {work}", file=sys.stderr)
-        return 1
-    shutil.rmtree(work)
-    (BENCH_DIR / "work" / "bench_exp-last.json").write_text(json.dumps(record))
     print_summary(record)
     if not args.quick:
-        write_section(render(record, " ".join(argv), args), RESULTS)
-        print(f"updated the {SECTION[3:]} section of {RESULTS}")
+        SECTION.write(render(record, " ".join(argv), args), args.results)
     return 0
 
 
 if __name__ == "__main__":
-    # Run as `python bench/bench_exp.py` (as `python -m bench` does), the
-    # project root is not on sys.path, and bench.restore is imported from it.
-    if str(PROJECT) not in sys.path:
-        sys.path.insert(0, str(PROJECT))
     sys.exit(main(sys.argv[1:]))

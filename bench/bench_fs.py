@@ -24,7 +24,6 @@ import os
 import platform
 import pstats
 import random
-import re
 import shutil
 import statistics
 import subprocess
@@ -36,9 +35,20 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "RESULTS.md"
-SECTION = "## Workspaces"
+if __package__ in (None, ""):
+    # Run as a file (`python bench/bench_fs.py`), the project root is not on
+    # sys.path, and the bench package is in it.
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import (  # noqa: E402
+    Section,
+    add_results_option,
+    format_seconds,
+    load_text,
+    median_time,
+)
+
+SECTION = Section("## Workspaces")
 EXPFS = [sys.executable, "-m", "expfs"]
 CHUNK = 1 << 20
 
@@ -50,17 +60,21 @@ def sh(*args: str, cwd: Path | None = None) -> str:
     return proc.stdout
 
 
-def median_time(
-    fn: Callable[[], object], runs: int, setup: Callable[[], object] | None = None
-) -> float:
-    times = []
-    for _ in range(runs):
-        if setup is not None:
-            setup()
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def commit_all(folder: Path, message: str) -> None:
+    """Make `folder` a Git repository and commit every file in it."""
+    sh("git", "init", "-q", cwd=folder)
+    sh("git", "add", "-A", cwd=folder)
+    sh(
+        "git",
+        "-c",
+        "user.name=b",
+        "-c",
+        "user.email=b@example.invalid",
+        "commit",
+        "-qm",
+        message,
+        cwd=folder,
+    )
 
 
 def drop_caches() -> None:
@@ -118,19 +132,7 @@ def unlink_files(folder: Path, count: int) -> None:
 def untar_and_commit(tarball: Path, dest: Path) -> None:
     dest.mkdir()
     sh("tar", "xf", str(tarball), "-C", str(dest))
-    sh("git", "init", "-q", cwd=dest)
-    sh("git", "add", "-A", cwd=dest)
-    sh(
-        "git",
-        "-c",
-        "user.name=b",
-        "-c",
-        "user.email=b@example.invalid",
-        "commit",
-        "-qm",
-        "x",
-        cwd=dest,
-    )
+    commit_all(dest, "x")
 
 
 # -- targets ----------------------------------------------------------------------
@@ -177,19 +179,7 @@ def make_base(folder: Path, big_bytes: int) -> None:
     with open(folder / "big.bin", "wb") as f:
         for _ in range(big_bytes // CHUNK):
             f.write(os.urandom(CHUNK))
-    sh("git", "init", "-q", cwd=folder)
-    sh("git", "add", "-A", cwd=folder)
-    sh(
-        "git",
-        "-c",
-        "user.name=b",
-        "-c",
-        "user.email=b@example.invalid",
-        "commit",
-        "-qm",
-        "base",
-        cwd=folder,
-    )
+    commit_all(folder, "base")
 
 
 def stdlib_tarball(dest: Path) -> tuple[Path, int]:
@@ -258,19 +248,7 @@ def many_files_repo(folder: Path, count: int) -> None:
         sub.mkdir()
         for i in range(1000):
             (sub / f"f{i}.txt").write_text(f"{d}/{i}\n")
-    sh("git", "init", "-q", cwd=folder)
-    sh("git", "add", "-A", cwd=folder)
-    sh(
-        "git",
-        "-c",
-        "user.name=b",
-        "-c",
-        "user.email=b@example.invalid",
-        "commit",
-        "-qm",
-        "many",
-        cwd=folder,
-    )
+    commit_all(folder, "many")
 
 
 def creation(folder: Path, runs: int, count: int) -> dict[str, float]:
@@ -482,10 +460,6 @@ def explain(
 # -- report ---------------------------------------------------------------------------
 
 
-def fmt(seconds: float) -> str:
-    return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.2f} s"
-
-
 # Each target as text and as the minimum speed (native time divided by
 # expfs's time) that meets it.
 TARGETS = {
@@ -503,8 +477,34 @@ def render(
     files: int,
     diagnosis: dict[str, dict[str, object]] | None,
 ) -> str:
-    native, overlay, ours = fs["native"], fs["fuse-overlayfs"], fs["expfs"]
+    """Return the Workspaces section. `files` counts the files the untar workload writes."""
     mib = args.big_mib
+    machine = (
+        f"Machine: {os.cpu_count()} cores, Linux {platform.release()}, ext4, Python "
+        f"{platform.python_version()}, pyfuse3 3.5."
+    )
+    lines = [
+        SECTION.heading,
+        "",
+        f"`bench/bench_fs.py --runs {args.runs} --big-mib {mib}`, {time.strftime('%Y-%m-%d')}: "
+        f"each figure is the median of {args.runs} runs.",
+        machine,
+        "",
+    ]
+    workloads, missed = workload_lines(fs, mib, files)
+    lines += workloads
+    lines += creation_lines(create, args.files)
+    if diagnosis is None:
+        return "\n".join(lines)
+    lines += diagnosis_lines(diagnosis, missed, files)
+    return "\n".join(lines)
+
+
+def workload_lines(
+    fs: dict[str, dict[str, float]], mib: int, files: int
+) -> tuple[list[str], list[str]]:
+    """Return the table of workloads on the three targets, and the targets missed."""
+    native, overlay, ours = fs["native"], fs["fuse-overlayfs"], fs["expfs"]
 
     def rate(key: str, target: dict[str, float]) -> str:
         return f"{mib / target[key]:.0f} MiB/s"
@@ -519,17 +519,7 @@ def render(
         ("unlink 10,000 files", "unlink", False),
         (f"untar {files} stdlib files + git add + commit", "untar_git", False),
     ]
-    machine = (
-        f"Machine: {os.cpu_count()} cores, Linux {platform.release()}, ext4, Python "
-        f"{platform.python_version()}, pyfuse3 3.5."
-    )
     lines = [
-        SECTION,
-        "",
-        f"`bench/bench_fs.py --runs {args.runs} --big-mib {mib}`, {time.strftime('%Y-%m-%d')}: "
-        f"each figure is the median of {args.runs} runs.",
-        machine,
-        "",
         "Workloads on the same base files: a native folder, fuse-overlayfs over "
         "it, and an expfs experiment mounted by its daemon. Speed is native time "
         "divided by the target's time (1.00 = native speed).",
@@ -542,7 +532,11 @@ def render(
         if throughput:
             cells = [rate(key, native), rate(key, overlay), rate(key, ours)]
         else:
-            cells = [fmt(native[key]), fmt(overlay[key]), fmt(ours[key])]
+            cells = [
+                format_seconds(native[key]),
+                format_seconds(overlay[key]),
+                format_seconds(ours[key]),
+            ]
         speed = native[key] / ours[key]
         target = "—"
         if key in TARGETS:
@@ -555,50 +549,44 @@ def render(
             f"| {label} | {' | '.join(cells)} | {speed:.2f} | "
             f"{native[key] / overlay[key]:.2f} | {target} |"
         )
-    lines += [
+    return lines, missed
+
+
+def creation_lines(create: dict[str, float], base_files: int) -> list[str]:
+    """Return the table of workspace creation and mount times."""
+    return [
         "",
-        f"Creating a workspace over a base of {args.files:,} files (a committed Git repository):",
+        f"Creating a workspace over a base of {base_files:,} files (a committed Git repository):",
         "",
         "| what | median | target |",
         "| --- | ---: | --- |",
-        f"| `Workspace.create` (the workspace record alone) | {fmt(create['workspace'])} | < 50 ms |",
-        f"| `expfs exp new --from HEAD` (CLI start-up, snapshot from the cached commit, Git worktree) | {fmt(create['exp_new'])} | — |",
-        f"| `git worktree add` | {fmt(create['worktree'])} | — |",
-        f"| `cp -r` | {fmt(create['cp'])} | — |",
-        f"| `expfs mount` until `stat` of a file in it returns | {fmt(create['mount'])} | — |",
+        f"| `Workspace.create` (the workspace record alone) | {format_seconds(create['workspace'])} | < 50 ms |",
+        f"| `expfs exp new --from HEAD` (CLI start-up, snapshot from the cached commit, Git worktree) | {format_seconds(create['exp_new'])} | — |",
+        f"| `git worktree add` | {format_seconds(create['worktree'])} | — |",
+        f"| `cp -r` | {format_seconds(create['cp'])} | — |",
+        f"| `expfs mount` until `stat` of a file in it returns | {format_seconds(create['mount'])} | — |",
         "",
     ]
-    if diagnosis is None:
-        return "\n".join(lines)
-    lines += [
+
+
+def diagnosis_lines(
+    diagnosis: dict[str, dict[str, object]], missed: list[str], files: int
+) -> list[str]:
+    """Return the paragraphs on where the time goes, and the load average now."""
+    return [
         "Where the time goes in each missed target, from one more run of the "
         "workload in a new experiment whose daemon counts its FUSE requests and "
         "profiles itself (`EXPFS_DAEMON_PROFILE=FILE expfs mount …`):",
         "",
         *(explain(diagnosis, missed, files) or ["- no target was missed."]),
         "",
-        f"Load average at the end of the run: {load_average()}. Other work "
-        "shares these cores, so compare ratios within one run.",
+        f"Load average at the end of the run: {load_text(os.getloadavg(), 2)}. "
+        "Other work shares these cores, so compare ratios within one run.",
         "",
     ]
-    return "\n".join(lines)
 
 
-def load_average() -> str:
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
-
-
-def write_section(text: str) -> None:
-    current = RESULTS.read_text()
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(current):
-        updated = pattern.sub(lambda _: text + "\n", current)
-    else:
-        updated = current.rstrip("\n") + "\n\n" + text
-    RESULTS.write_text(updated.rstrip("\n") + "\n")
-
-
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--runs", type=int, default=3, help="timed runs per figure (median)"
@@ -623,21 +611,19 @@ def main() -> int:
         action="store_true",
         help="skip the profiled runs that show where the time goes",
     )
-    args = parser.parse_args()
-    work = Path(
-        tempfile.mkdtemp(prefix="bench-fs-", dir=os.environ.get("TMPDIR", "/var/tmp"))
-    )
+    add_results_option(parser)
+    return parser.parse_args()
+
+
+def measure_targets(
+    base: Path, work: Path, args: argparse.Namespace, tarball: Path
+) -> dict[str, dict[str, float]]:
+    """Run the workloads natively, on fuse-overlayfs and on an expfs mount."""
     targets: list[Target] = []
     try:
-        base = work / "base"
-        make_base(base, args.big_mib * CHUNK)
-        sh(*EXPFS, "init", cwd=base)
-        tarball, files = stdlib_tarball(work)
-        targets = [
-            Target("native", base),
-            Overlay(base, work / "overlay"),
-            Expfs(base, "bench"),
-        ]
+        targets.append(Target("native", base))
+        targets.append(Overlay(base, work / "overlay"))
+        targets.append(Expfs(base, "bench"))
         fs = {}
         for target in targets:
             print(f"running workloads on {target.name} at {target.path}", flush=True)
@@ -645,9 +631,23 @@ def main() -> int:
                 target, args.runs, args.big_mib * CHUNK, tarball
             )
             print(fs[target.name], flush=True)
+        return fs
+    finally:
         for target in targets:
             target.close()
-        targets = []
+
+
+def main() -> int:
+    args = parse_args()
+    work = Path(
+        tempfile.mkdtemp(prefix="bench-fs-", dir=os.environ.get("TMPDIR", "/var/tmp"))
+    )
+    try:
+        base = work / "base"
+        make_base(base, args.big_mib * CHUNK)
+        sh(*EXPFS, "init", cwd=base)
+        tarball, files = stdlib_tarball(work)
+        fs = measure_targets(base, work, args, tarball)
         diagnosis = None
         if not args.no_profile:
             diagnosis = diagnose(base, work, tarball)
@@ -655,13 +655,11 @@ def main() -> int:
         create = creation(work / "create", args.runs, args.files)
         print(create)
     finally:
-        for target in targets:
-            target.close()
         shutil.rmtree(work, ignore_errors=True)
     section = render(fs, create, args, files, diagnosis)
     print(section)
     if not args.no_write:
-        write_section(section)
+        SECTION.write(section, args.results)
     return 0
 
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shutil
 import statistics
 import subprocess
@@ -36,33 +35,22 @@ import time
 from pathlib import Path
 from typing import Any
 
-BENCH_DIR = Path(__file__).resolve().parent
-PROJECT = BENCH_DIR.parent
-RESULTS = BENCH_DIR / "RESULTS.md"
-SECTION = "## Lazy restore"
-BEGIN_MARKER = "<!-- bench_lazy.py: begin -->"
-END_MARKER = "<!-- bench_lazy.py: end -->"
-EXPFS = str(Path(sys.executable).with_name("expfs"))
+if __package__ in (None, ""):
+    # Run as a file (`python bench/bench_lazy.py`), the project root is not
+    # on sys.path, and the bench and tests packages are in it.
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import (  # noqa: E402
+    EXPFS,
+    BenchError,
+    Section,
+    add_results_option,
+    load_text,
+    run_timed,
+)
+
+SECTION = Section("## Lazy restore", "bench_lazy.py")
 MIB = 1 << 20
-
-
-class BenchError(Exception):
-    """A step of the benchmark failed or produced the wrong result."""
-
-
-def run(argv: list[str], cwd: Path) -> tuple[float, str]:
-    """Run `argv` and return its wall time and output; raise BenchError on failure."""
-    start = time.perf_counter()
-    proc = subprocess.run(
-        argv, cwd=cwd, stdin=subprocess.DEVNULL, capture_output=True, text=True
-    )
-    seconds = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise BenchError(
-            f"{' '.join(argv)} exited with status {proc.returncode} in {cwd}: "
-            f"{(proc.stdout + proc.stderr).strip()[-1500:]}"
-        )
-    return seconds, proc.stdout
 
 
 def hash_through(path: Path) -> str:
@@ -90,30 +78,30 @@ class Setup:
         self.origin = work / "origin"
         self.origin.mkdir()
         git = ["git", "-C", str(self.origin)]
-        run(["git", "init", "-q", str(self.origin)], work)
+        run_timed(["git", "init", "-q", str(self.origin)], work)
         (self.origin / "dvc.yaml").write_text(PIPELINE)
         (self.origin / "gen.py").write_text(GEN)
         (self.origin / "params.yaml").write_text(f"size_mib: {size_mib}\n")
         (self.origin / ".gitignore").write_text("ran.log\n")
-        run([*git, "add", "-A"], work)
-        run(
+        run_timed([*git, "add", "-A"], work)
+        run_timed(
             [*git, "-c", "user.name=b", "-c", "user.email=b@b", "commit", "-qm", "p"],
             work,
         )
         self.add_remote(self.origin)
-        _, out = run([EXPFS, "repro"], self.origin)
+        _, out = run_timed([EXPFS, "repro"], self.origin)
         if "ran" not in out:
             raise BenchError(f"the first clone did not run the stage: {out}")
         self.digest = hash_through(self.origin / "big.bin")
 
     def add_remote(self, repo: Path) -> None:
-        run([EXPFS, "init"], repo)
+        run_timed([EXPFS, "init"], repo)
         remote = [EXPFS, "remote", "add", "origin", self.url, "--default", "--local"]
-        run([*remote, *self.flags], repo)
+        run_timed([*remote, *self.flags], repo)
 
     def clone(self, name: str) -> Path:
         folder = self.work / name
-        run(["git", "clone", "-q", str(self.origin), str(folder)], self.work)
+        run_timed(["git", "clone", "-q", str(self.origin), str(folder)], self.work)
         self.add_remote(folder)
         return folder
 
@@ -126,7 +114,7 @@ def check_restored(out: str, repo: Path) -> None:
 def measure_eager(setup: Setup, rep: int) -> dict[str, float]:
     clone = setup.clone(f"eager-{rep}")
     try:
-        seconds, out = run([EXPFS, "repro"], clone)
+        seconds, out = run_timed([EXPFS, "repro"], clone)
         check_restored(out, clone)
         if hash_through(clone / "big.bin") != setup.digest:
             raise BenchError("the checkout's big.bin differs from the pushed one")
@@ -139,9 +127,9 @@ def measure_lazy(setup: Setup, rep: int) -> dict[str, float]:
     clone = setup.clone(f"lazy-{rep}")
     mount = clone / ".expfs" / "mnt" / "e1"
     try:
-        run([EXPFS, "exp", "new", "e1"], clone)
-        run([EXPFS, "mount", "e1"], clone)
-        seconds, out = run([EXPFS, "repro"], mount)
+        run_timed([EXPFS, "exp", "new", "e1"], clone)
+        run_timed([EXPFS, "mount", "e1"], clone)
+        seconds, out = run_timed([EXPFS, "repro"], mount)
         check_restored(out, mount)
         blob = clone / ".expfs" / "objects" / setup.digest[:2] / setup.digest
         if blob.exists():
@@ -183,10 +171,10 @@ def render(samples: dict[str, list[dict[str, float]]], argv: str, size_mib: int)
     both = statistics.median(s["repro"] + s["read"] for s in samples["lazy"])
     reps = len(samples["eager"])
     uname = os.uname()
-    load = " ".join(f"{x:.1f}" for x in os.getloadavg())
+    load = load_text(os.getloadavg())
     lines = [
-        SECTION,
-        BEGIN_MARKER,
+        SECTION.heading,
+        SECTION.begin,
         "",
         f"`python -m bench.bench_lazy {argv}`, {time.strftime('%Y-%m-%d')}: medians "
         f"of {reps} reps. Machine: {os.cpu_count()} cores, {uname.sysname} "
@@ -203,24 +191,10 @@ def render(samples: dict[str, list[dict[str, float]]], argv: str, size_mib: int)
         f"| lazy `repro`, then the first full read through the mount | {both:.2f} s | "
         f"{both / eager:.2f} |",
         "",
-        END_MARKER,
+        SECTION.end,
         "",
     ]
     return "\n".join(lines)
-
-
-def write_section(text: str) -> None:
-    """Replace the text between this script's markers, or append the section."""
-    current = RESULTS.read_text()
-    pattern = re.compile(
-        rf"^{re.escape(SECTION)}\n{re.escape(BEGIN_MARKER)}\n.*?{re.escape(END_MARKER)}\n",
-        re.S | re.M,
-    )
-    if pattern.search(current):
-        updated = pattern.sub(lambda _: text, current, count=1)
-    else:
-        updated = current.rstrip("\n") + "\n\n" + text
-    RESULTS.write_text(updated)
 
 
 def main(argv: list[str]) -> int:
@@ -241,16 +215,19 @@ def main(argv: list[str]) -> int:
         action="store_true",
         help="one rep of 16 MiB; print only, RESULTS.md unchanged",
     )
+    add_results_option(parser)
     args = parser.parse_args(argv)
     reps, size_mib = (1, 16) if args.quick else (args.reps, args.size_mib)
-    sys.path.insert(0, str(PROJECT))
-    with tempfile.TemporaryDirectory(prefix="bench-lazy-") as folder:
-        samples = measure(Path(folder), reps, size_mib)
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench-lazy-") as folder:
+            samples = measure(Path(folder), reps, size_mib)
+    except BenchError as exc:
+        print(f"bench_lazy: {exc}", file=sys.stderr)
+        return 1
     text = render(samples, " ".join(argv), size_mib)
     print(text)
     if not args.quick:
-        write_section(text)
-        print(f"updated the {SECTION[3:]} section of {RESULTS}")
+        SECTION.write(text, args.results)
     return 0
 
 

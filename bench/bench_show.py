@@ -17,19 +17,27 @@ import argparse
 import json
 import os
 import platform
-import re
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
-RESULTS = Path(__file__).with_name("RESULTS.md")
-SECTION = "## exp show"
-EXPFS = str(Path(sys.executable).with_name("expfs"))
+if __package__ in (None, ""):
+    # Run as a file (`python bench/bench_show.py`), the project root is not
+    # on sys.path, and the bench package is in it.
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import (  # noqa: E402
+    EXPFS,
+    Section,
+    add_results_option,
+    cpu_model,
+    median_time,
+)
+
+SECTION = Section("## exp show")
 # Target for `exp show` and `--json` with 500 experiments, start-up included.
 TARGET_S = 0.5
 
@@ -52,16 +60,6 @@ model:
   width: 128
   dropout: 0.1
 """
-
-
-def median_s(fn: Callable[[], object], runs: int) -> float:
-    """Return the median wall time of `fn` in seconds over `runs` calls."""
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def git(repo: Path, *args: str) -> None:
@@ -173,28 +171,24 @@ def check_output(repo: Path, experiments: int) -> None:
 def measure(repo: Path, runs: int) -> dict[str, float]:
     return {
         "load": os.getloadavg()[0],
-        "python": median_s(
+        "python": median_time(
             lambda: run_quiet(sys.executable, "-c", "pass", cwd=repo), runs
         ),
-        "help": median_s(lambda: run_quiet(EXPFS, "--help", cwd=repo), runs),
-        "show": median_s(lambda: run_quiet(EXPFS, "exp", "show", cwd=repo), runs),
-        "json": median_s(
+        "help": median_time(lambda: run_quiet(EXPFS, "--help", cwd=repo), runs),
+        "show": median_time(lambda: run_quiet(EXPFS, "exp", "show", cwd=repo), runs),
+        "json": median_time(
             lambda: run_quiet(EXPFS, "exp", "show", "--json", cwd=repo), runs
         ),
-        "md": median_s(lambda: run_quiet(EXPFS, "exp", "show", "--md", cwd=repo), runs),
-        "inprocess": median_s(lambda: in_process(repo), runs),
+        "md": median_time(
+            lambda: run_quiet(EXPFS, "exp", "show", "--md", cwd=repo), runs
+        ),
+        "inprocess": median_time(lambda: in_process(repo), runs),
     }
 
 
 def hardware() -> str:
-    cpu = "unknown CPU"
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
     return (
-        f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()}, "
+        f"{os.cpu_count()} cores ({cpu_model()}), Python {platform.python_version()}, "
         f"{platform.system()} {platform.release()}"
     )
 
@@ -210,7 +204,7 @@ def render(times: dict[str, float], experiments: int, runs: int, argv: str) -> s
         "under" if times["show"] < TARGET_S and times["json"] < TARGET_S else "over"
     )
     lines = [
-        SECTION,
+        SECTION.heading,
         "",
         f"`bench/bench_show.py {argv}`, {time.strftime('%Y-%m-%d')}: each figure is "
         f"the median of {runs} runs. Machine: {hardware()}, load average "
@@ -239,16 +233,6 @@ def render(times: dict[str, float], experiments: int, runs: int, argv: str) -> s
     return "\n".join(lines)
 
 
-def write_section(text: str) -> None:
-    current = RESULTS.read_text()
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(current):
-        updated = pattern.sub(lambda _: text + "\n", current)
-    else:
-        updated = current.rstrip("\n") + "\n\n" + text
-    RESULTS.write_text(updated.rstrip("\n") + "\n")
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -261,6 +245,7 @@ def main() -> int:
         help="3 runs, and print the table without rewriting RESULTS.md",
     )
     parser.add_argument("--work", help="folder for the test repository")
+    add_results_option(parser)
     args = parser.parse_args()
     runs = 3 if args.quick else args.runs
 
@@ -276,8 +261,7 @@ def main() -> int:
     section = render(times, args.experiments, runs, argv)
     print(section)
     if not args.quick:
-        write_section(section)
-        print(f"wrote the {SECTION!r} section of {RESULTS}")
+        SECTION.write(section, args.results)
     return 0
 
 

@@ -15,14 +15,11 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import re
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from expfs.store import init_store, store_for
@@ -30,26 +27,23 @@ from expfs.store.lmdbenv import close_environment
 from expfs.store.objects import hash_file
 from expfs.tree.snapshot import RACY_WINDOW_NS
 
-RESULTS = Path(__file__).with_name("RESULTS.md")
-SECTION = "## Store"
+if __package__ in (None, ""):
+    # Run as a file (`python bench/bench_store.py`), the project root is not
+    # on sys.path, and the bench package is in it.
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import (  # noqa: E402
+    EXPFS,
+    Section,
+    add_results_option,
+    cpu_model,
+    median_time,
+)
+
+SECTION = Section("## Store")
 TREE_FILES = 10_000
 TREE_FILE_BYTES = 4096
 BIG_FILE_BYTES = 1 << 30
-EXPFS = str(Path(sys.executable).with_name("expfs"))
-
-
-def median_s(
-    fn: Callable[[], object], runs: int, setup: Callable[[], object] | None = None
-) -> float:
-    """Return the median wall time of `fn` in seconds; `setup` runs untimed before each."""
-    times = []
-    for _ in range(runs):
-        if setup is not None:
-            setup()
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def run(*args: str, cwd: Path | None = None) -> None:
@@ -85,14 +79,14 @@ def bench_snapshots(repo: Path, runs: int) -> dict[str, float]:
     # Files changed within the racy window are re-read by design; let the
     # new tree age past it so the second snapshot measures the stat cache.
     time.sleep(RACY_WINDOW_NS / 1e9 + 0.5)
-    first = median_s(
+    first = median_time(
         lambda: run(EXPFS, "snapshot", "data", cwd=repo),
         runs,
         setup=lambda: reset_store(repo),
     )
-    second = median_s(lambda: run(EXPFS, "snapshot", "data", cwd=repo), runs + 2)
+    second = median_time(lambda: run(EXPFS, "snapshot", "data", cwd=repo), runs + 2)
     copy_target = repo.parent / "tree-copy"
-    cp = median_s(
+    cp = median_time(
         lambda: run("cp", "-r", str(data), str(copy_target)),
         runs,
         setup=lambda: shutil.rmtree(copy_target, ignore_errors=True),
@@ -108,14 +102,14 @@ def bench_hashing(repo: Path, runs: int) -> dict[str, float]:
     store = store_for(str(repo))
     copy_target = repo.parent / "big-copy"
     results = {
-        "blake3": median_s(lambda: hash_file(str(big)), runs),
-        "put": median_s(
+        "blake3": median_time(lambda: hash_file(str(big)), runs),
+        "put": median_time(
             lambda: store.put_file(str(big)),
             runs,
             setup=lambda: store.remove_blob(hash_file(str(big))),
         ),
-        "sha256sum": median_s(lambda: run("sha256sum", str(big)), runs),
-        "cp": median_s(
+        "sha256sum": median_time(lambda: run("sha256sum", str(big)), runs),
+        "cp": median_time(
             lambda: run("cp", str(big), str(copy_target)),
             runs,
             setup=lambda: copy_target.unlink(missing_ok=True),
@@ -135,25 +129,19 @@ def bench_startup(repo: Path, runs: int) -> dict[str, float]:
         check=True,
     ).stdout.split()[-1]
     return {
-        "python": median_s(lambda: run(sys.executable, "-c", "pass"), runs),
-        "help": median_s(lambda: run(EXPFS, "--help", cwd=repo), runs),
-        "ls": median_s(lambda: run(EXPFS, "ls", digest, cwd=repo), runs),
+        "python": median_time(lambda: run(sys.executable, "-c", "pass"), runs),
+        "help": median_time(lambda: run(EXPFS, "--help", cwd=repo), runs),
+        "ls": median_time(lambda: run(EXPFS, "ls", digest, cwd=repo), runs),
     }
 
 
 def hardware() -> str:
-    cpu = "unknown CPU"
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
     memory = subprocess.run(["free", "-h"], capture_output=True, text=True).stdout
     total = memory.splitlines()[1].split()[1]
     fs = subprocess.run(["df", "-T", "."], capture_output=True, text=True).stdout
     fstype = fs.splitlines()[1].split()[1]
     return (
-        f"{os.cpu_count()} cores ({cpu}), {total} RAM, {fstype}, "
+        f"{os.cpu_count()} cores ({cpu_model()}), {total} RAM, {fstype}, "
         f"Python {platform.python_version()}, {platform.system()} {platform.release()}"
     )
 
@@ -167,7 +155,7 @@ def render(
         return f"{gib / seconds:.2f} GiB/s"
 
     lines = [
-        SECTION,
+        SECTION.heading,
         "",
         f"`bench/bench_store.py --runs {runs}`, {time.strftime('%Y-%m-%d')}: each figure "
         f"is the median of {runs} runs ({runs + 2} for the second snapshot, "
@@ -209,27 +197,6 @@ def render(
     return "\n".join(lines)
 
 
-INTRO = """# Benchmark results
-
-Each section is written by one script under `bench/`, run from the project
-root with the development environment (`make venv` sets it up), for example
-`.venv/bin/python bench/bench_store.py`. A script rewrites only its own
-section. Figures are medians of several runs on the machine named in each
-section, measured side by side with the tools a user would otherwise use,
-so compare the ratios rather than the absolute times.
-"""
-
-
-def write_section(text: str) -> None:
-    current = RESULTS.read_text() if RESULTS.exists() else INTRO
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(current):
-        updated = pattern.sub(lambda _: text + "\n", current)
-    else:
-        updated = current.rstrip("\n") + "\n\n" + text
-    RESULTS.write_text(updated.rstrip("\n") + "\n")
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -238,6 +205,7 @@ def main() -> int:
     parser.add_argument(
         "--work", help="folder for the test data (default: a new temporary one)"
     )
+    add_results_option(parser)
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="expfs-bench.", dir=args.work))
@@ -271,8 +239,7 @@ def main() -> int:
         shutil.rmtree(work, ignore_errors=True)
     section = render(snap, hashed, start, args.runs)
     print(section)
-    write_section(section)
-    print(f"wrote the {SECTION!r} section of {RESULTS}")
+    SECTION.write(section, args.results)
     return 0
 
 
