@@ -119,10 +119,17 @@ def idle_seconds() -> float | None:
 
 
 def installation_key() -> str:
-    """Return a short key naming this installation: Python program and package."""
+    """Return a short key naming this installation: environment, interpreter, package.
+
+    `python` and `python3` of one virtual environment share a server, since
+    the key resolves the interpreter's symbolic links and names the
+    environment by its prefix.
+    """
     from _blake2 import blake2b
 
-    text = f"{sys.executable}\0{os.path.dirname(os.path.abspath(__file__))}"
+    interpreter = os.path.realpath(sys.executable)
+    package = os.path.dirname(os.path.abspath(__file__))
+    text = f"{sys.prefix}\0{interpreter}\0{package}"
     return blake2b(text.encode(), digest_size=8).hexdigest()
 
 

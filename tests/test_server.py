@@ -417,3 +417,18 @@ def test_client_imports_only_builtin_modules() -> None:
     )
     loaded = set(proc.stdout.split())
     assert loaded <= {"expfs_cli", "expfs_cli.client", "_socket", "_blake2"}, loaded
+
+
+def test_python_and_python3_share_a_server() -> None:
+    # The `expfs` script runs `python3`, a test or a benchmark `python`.
+    show_key = (
+        "from expfs_cli.client import installation_key; print(installation_key())"
+    )
+    keys = set()
+    for name in ("python", "python3"):
+        program = Path(sys.executable).with_name(name)
+        proc = subprocess.run(
+            [str(program), "-c", show_key], capture_output=True, text=True, check=True
+        )
+        keys.add(proc.stdout.strip())
+    assert len(keys) == 1
