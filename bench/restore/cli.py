@@ -288,9 +288,33 @@ def main(argv: list[str] | None = None) -> int:
     remove_scratch(work)
     record["load_end"] = load_average()
     record["load_note"] = load_note(record["machine"]["load"], record["load_end"])
+    carry_over(record, plots_dir / "restore.json")
     plots_dir.mkdir(parents=True, exist_ok=True)
     (plots_dir / "restore.json").write_text(json.dumps(record, indent=1) + "\n")
     return publish(record, results, plots_dir)
+
+
+def carry_over(record: dict[str, Any], previous_path: Path) -> None:
+    """Copy into `record` the parts this run did not measure, from the previous record.
+
+    A run of `--parts restore` then keeps the workspace and read-back tables
+    on the results page, each marked with the run that measured it.
+    """
+    try:
+        previous = json.loads(previous_path.read_text())
+    except (FileNotFoundError, ValueError):
+        return
+    earlier_runs = dict(previous.get("earlier_runs", {}))
+    record["earlier_runs"] = {}
+    for part in PARTS:
+        if part in record["config"]["parts"] or part not in previous:
+            continue
+        record[part] = previous[part]
+        record["earlier_runs"][part] = earlier_runs.get(part) or {
+            "command": previous["command"],
+            "date": previous["machine"].get("date", "?"),
+            "expfs": previous["machine"].get("expfs", "?"),
+        }
 
 
 def remove_scratch(work: Path) -> None:

@@ -319,6 +319,20 @@ def wcell(result: dict[str, Any]) -> str:
     return f"{format_seconds(summary.median)} ({format_seconds(summary.low)}–{format_seconds(summary.high)})"
 
 
+def earlier_run_lines(earlier_runs: dict[str, dict[str, str]]) -> list[str]:
+    """Say which tables below come from an earlier run, and which run."""
+    names = {"restore": "restore", "workspace": "workspace", "readback": "read-back"}
+    lines = []
+    for part, run in earlier_runs.items():
+        lines += [
+            "",
+            f"The {names.get(part, part)} table below is kept from an earlier run, "
+            f"not repeated in this one: `{run['command']}`, {run['date']}, "
+            f"expfs {run['expfs']}.",
+        ]
+    return lines
+
+
 def workspace_lines(bases: list[dict[str, Any]]) -> list[str]:
     if not bases:
         return []
@@ -443,6 +457,7 @@ def render(record: dict[str, Any], plots: list[Path], results_path: Path) -> str
     ]
     if cases:
         lines += restore_tables(cases) + modes_lines(cases) + noop_lines(cases)
+    lines += earlier_run_lines(record.get("earlier_runs", {}))
     lines += workspace_lines(record.get("workspace", []))
     lines += readback_lines(record.get("readback"))
     lines += [
