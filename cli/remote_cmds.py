@@ -20,12 +20,25 @@ def register(sub: Any) -> None:
     remote_sub = remote.add_subparsers(dest="remote_command", metavar="COMMAND")
     remote_sub.required = True
 
-    p = remote_sub.add_parser("add", help="add or replace a remote")
+    p = remote_sub.add_parser(
+        "add",
+        help="add a remote (--force replaces one of the same name)",
+        description="Add a remote. A name that either config file defines "
+        "already is an error unless --force is given, because a remote in "
+        ".expfs/config hides one of the same name in .expfs.toml.",
+    )
     p.add_argument("name", help="remote name, such as origin")
     p.add_argument(
         "url", help="file:///path, sftp://[user@]host[:port]/path or s3://bucket/path"
     )
     p.add_argument("--default", action="store_true", help="make it the default remote")
+    p.add_argument(
+        "-f",
+        "--force",
+        action="store_true",
+        help="replace a remote of the same name in the file written, or override "
+        "one in the other file",
+    )
     p.add_argument(
         "--read-only",
         action="store_true",
@@ -139,10 +152,46 @@ def cmd_remote_add(args: argparse.Namespace) -> int:
         args.name, args.url, args.read_only, _parse_options(args.options), local
     )
     files = config_files(store.root)
-    files.add(remote, default=args.default)
+    before = files.definitions(remote.name)
+    default_before = files.default_name()
+    files.add(remote, default=args.default, force=args.force)
     where = files.path(local)
-    print(f"added remote {remote.name} ({remote.display_url}) to {where}")
+    replaced = [old for path, old in before if path == where]
+    if replaced:
+        print(
+            f"replaced remote {remote.name} ({replaced[0].display_url}) in {where} "
+            f"with {remote.display_url}"
+        )
+    else:
+        print(f"added remote {remote.name} ({remote.display_url}) to {where}")
+    for path, old in before:
+        if path == where:
+            continue
+        if local:
+            print(
+                f"it overrides remote {old.name} ({old.display_url}) of {path} "
+                "in this clone"
+            )
+        else:
+            print(
+                f"remote {old.name} in {path} ({old.display_url}) still overrides "
+                "it in this clone; remove that one with `expfs remote remove` and "
+                "add this one again to use it"
+            )
+    if args.default:
+        _report_default(files, remote.name, default_before)
     return 0
+
+
+def _report_default(files: Any, name: str, before: str | None) -> None:
+    source, now = files.default_setting()
+    if now != name:
+        print(
+            f"the default remote of this clone stays {now}, set in {source}; "
+            f'set `remote = "{name}"` under [core] there to make {name} the default'
+        )
+    elif before is not None and before != name:
+        print(f"default remote changed from {before} to {name}")
 
 
 def cmd_remote_list(args: argparse.Namespace) -> int:
