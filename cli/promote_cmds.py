@@ -35,7 +35,10 @@ def register(sub: Any) -> None:
         description="Remove the blobs and trees of the store that no experiment, "
         "workspace, run-cache entry, apply backup or expfs.lock in any branch, tag "
         "or checkout reaches. Objects younger than the grace period are kept, so gc "
-        "is safe while experiments run. With --remote, clean a remote instead.",
+        "is safe while experiments run. With --remote, clean a remote instead: "
+        "its objects that no run-cache entry, experiment record or root mark on "
+        "it, and no experiment or expfs.lock of this clone, reaches. Records stay "
+        "until --experiments names them, because other clones may use them.",
     )
     p.add_argument(
         "--dry",
@@ -57,6 +60,14 @@ def register(sub: Any) -> None:
     )
     p.add_argument(
         "--remote", metavar="NAME", help="clean this remote instead of the local store"
+    )
+    p.add_argument(
+        "--experiments",
+        nargs="+",
+        metavar="EXP",
+        help="with --remote, also remove these experiments' records (pushed by "
+        "any clone), so that gc frees what only they kept: names, shell "
+        "patterns such as 'sweep-*', or NAME@ID for one of several",
     )
     p.set_defaults(handler=cmd_gc)
 
@@ -242,6 +253,7 @@ def cmd_checkout(args: argparse.Namespace) -> int:
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
+    from expfs.errors import UsageError
     from expfs.gc import DEFAULT_GRACE_S, gc
 
     if args.remote is not None:
@@ -249,6 +261,11 @@ def cmd_gc(args: argparse.Namespace) -> int:
 
         args.grace = 24.0 if args.grace is None else args.grace
         return int(cmd_gc_remote(args))
+    if args.experiments:
+        raise UsageError(
+            "--experiments removes experiment records from a remote: give the "
+            "remote with --remote NAME (`expfs exp remove` removes local experiments)"
+        )
     grace_s = DEFAULT_GRACE_S if args.grace is None else args.grace * 3600
     report = gc(_store(), grace_s=grace_s, dry_run=args.dry_run)
     if args.list:

@@ -1,4 +1,4 @@
-"""Remote commands: remote add/list/remove, push, pull, gc --remote."""
+"""Remote commands: remote add/list/remove, push, pull; `gc --remote` runs here."""
 
 from __future__ import annotations
 
@@ -102,27 +102,6 @@ def register(sub: Any) -> None:
                 "of and this clone lacks",
             )
         p.set_defaults(handler=cmd_push if verb == "push" else cmd_pull)
-
-    if "gc" not in sub.choices:
-        p = sub.add_parser(
-            "gc",
-            help="remove objects from a remote that nothing reaches",
-            description="Remove objects from a remote that no run-cache entry on it, "
-            "no pushed snapshot and no experiment or lock file of this clone reaches, "
-            "once they are older than the grace period.",
-        )
-        p.add_argument("--remote", required=True, metavar="NAME", help="remote name")
-        p.add_argument(
-            "--grace",
-            type=float,
-            default=24.0,
-            metavar="HOURS",
-            help="keep unreachable objects younger than this, in hours (default: 24)",
-        )
-        p.add_argument(
-            "--dry-run", action="store_true", help="only count what would go"
-        )
-        p.set_defaults(handler=cmd_gc_remote)
 
 
 def _store() -> Any:
@@ -268,8 +247,10 @@ def cmd_pull(args: argparse.Namespace) -> int:
 
 
 def cmd_gc_remote(args: argparse.Namespace) -> int:
+    """Run `expfs gc --remote`, which `expfs_cli.promote_cmds` parses."""
     from expfs.remote.gc import gc_remote
     from expfs.remote.runs import ReadOnlyRemote, open_remote
+    from expfs.text import plural
 
     store = _store()
     remote = open_remote(store, args.remote)
@@ -277,12 +258,23 @@ def cmd_gc_remote(args: argparse.Namespace) -> int:
         raise ReadOnlyRemote(
             f"remote {remote.label} is read-only: gc does not write to it"
         )
-    report = gc_remote(store, remote, grace_s=args.grace * 3600, dry_run=args.dry_run)
+    report = gc_remote(
+        store,
+        remote,
+        grace_s=args.grace * 3600,
+        dry_run=args.dry_run,
+        experiments=args.experiments or (),
+    )
     verb = "would remove" if args.dry_run else "removed"
+    for file in report.records_removed:
+        print(f"{verb} experiment record {file.describe()}")
     print(
-        f"{verb} {report.removed} objects, {report.temporary_removed} temporary "
-        f"files and {report.lease_files_removed} files of ended leases from "
-        f"{remote.label}; kept {report.kept} reachable and "
-        f"{report.too_new} younger than {args.grace:g} h"
+        f"{verb} {plural(len(report.records_removed), 'experiment record')}, "
+        f"{plural(report.record_versions_removed, 'older record version')}, "
+        f"{plural(report.removed, 'object')}, "
+        f"{plural(report.temporary_removed, 'temporary file')} and "
+        f"{plural(report.lease_files_removed, 'file')} of ended leases from "
+        f"{remote.label}; kept {report.kept} reachable and {report.too_new} "
+        f"younger than {args.grace:g} h"
     )
     return 0
