@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import subprocess
 import sys
 import time
@@ -20,7 +21,7 @@ from expfs.remote.config import (
 )
 from expfs.remote.entries import entry_name, entry_rel, read_entry
 from expfs.remote.gc import gc_remote
-from expfs.remote.inputs import key_of, make_inputs
+from expfs.remote.inputs import key_of, make_inputs, save_inputs
 from expfs.remote.runs import remote_lookup, remote_record
 from expfs.remote.transfer import CorruptRemoteObject, Remote, Stats, object_rel
 from expfs.runcache import OutputRecord, RunCache, RunRecord
@@ -508,3 +509,39 @@ def test_cli_remote_add_reports_default(
     assert main([*add, "other", "file:///tmp/other", "--default"]) == 0
     out = capsys.readouterr().out
     assert "default remote changed from mine to other" in out
+
+
+def test_cli_push_summary_counts(
+    store: Store, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = os.path.dirname(store.root)
+    url = f"file://{tmp_path / 'r'}"
+
+    def add_run(n: int) -> None:
+        # Every run makes the same output, so its objects are shared.
+        record, inputs = make_run(store, tmp_path / f"w{n}", {"a": "1", "b": "22"}, n)
+        RunCache(store).record(record)
+        save_inputs(store, record.key, inputs)
+
+    def push_summary() -> str:
+        assert main(["-C", root, "push", "-r", "origin", "--run-cache"]) == 0
+        return capsys.readouterr().err
+
+    add_run(1)
+    add_run(2)
+    assert main(["-C", root, "remote", "add", "origin", url]) == 0
+    capsys.readouterr()
+    size = r"\(\d+ B\)"
+    took = r"in \d+\.\d\d s"
+
+    first = push_summary()
+    expected = rf"pushed 3 objects {size} and 2 run-cache entries, to origin \({url}\), {took}\n"
+    assert re.fullmatch(expected, first), first
+
+    add_run(3)
+    second = push_summary()
+    expected = (
+        rf"pushed 0 objects \(0 B\) and 1 run-cache entry, to origin \({url}\), "
+        rf"{took}; 1 object and 2 entries were already there\n"
+    )
+    assert re.fullmatch(expected, second), second
