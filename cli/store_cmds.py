@@ -216,7 +216,8 @@ def cmd_materialize(args: argparse.Namespace) -> int:
         ensure=ensure_local,
     )
     _end_progress()
-    print(f"wrote {writer.files} files ({writer.bytes} bytes) to {args.dest}")
+    files, size = plural(writer.files, "file"), plural(writer.bytes, "byte")
+    print(f"wrote {files} ({size}) to {args.dest}")
     return 0
 
 
@@ -259,8 +260,8 @@ def _progress(verb: str) -> Any:
         global _progress_shown
         if not sys.stderr.isatty():
             return
-        of = f"/{total}" if total else ""
-        sys.stderr.write(f"\r{verb} {done}{of} files, {size / 1e6:.1f} MB")
+        counted = f"{done}/{total} files" if total else plural(done, "file")
+        sys.stderr.write(f"\r{verb} {counted}, {size / 1e6:.1f} MB")
         sys.stderr.flush()
         _progress_shown = True
 
