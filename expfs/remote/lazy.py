@@ -148,3 +148,7 @@ class RemoteBlobSource:
             label,
             time.monotonic() - started,
         )
+
+
+# The `--blob-source` of mount daemons that fetch from the remotes.
+BLOB_SOURCE = f"{__name__}:{RemoteBlobSource.__name__}"
