@@ -244,3 +244,8 @@ def test_cli_gc_remote_experiments(
     err = capsys.readouterr().err
     assert "no experiment record on remote" in err
     assert "'sweep-1'" in err
+
+    assert main([*gc, "--experiments", "*"]) == 0
+    assert main([*gc, "--experiments", "*", "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "has no experiment records, so nothing was removed" in err

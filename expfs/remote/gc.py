@@ -133,6 +133,11 @@ def _match(
         if not found:
             unmatched.append(pattern)
         chosen |= found
+    if unmatched and not groups:
+        raise UsageError(
+            f"remote {remote.label} has no experiment records, so nothing was "
+            "removed: `expfs push EXP` puts them there"
+        )
     if unmatched:
         listed = ", ".join(repr(p) for p in unmatched)
         raise UsageError(
