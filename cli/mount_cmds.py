@@ -51,6 +51,7 @@ def register(sub: Any) -> None:
 
 def cmd_mount(args: argparse.Namespace) -> int:
     from expfs.fuse.mounts import clean_up, default_mountpoint, start_mount
+    from expfs.remote.lazy import BLOB_SOURCE, RemoteBlobSource
     from expfs.store.repo import store_for
 
     store = store_for(".")
@@ -68,9 +69,14 @@ def cmd_mount(args: argparse.Namespace) -> int:
             argv += ["--gitdir", experiment.gitdir]
         if args.allow_other:
             argv.append("--allow-other")
-        return daemon.main(argv)
+        return daemon.main(argv, blob_source_factory=RemoteBlobSource)
     path = start_mount(
-        store, args.name, args.path, args.allow_other, gitdir=_gitdir(store, args.name)
+        store,
+        args.name,
+        args.path,
+        args.allow_other,
+        gitdir=_gitdir(store, args.name),
+        blob_source=BLOB_SOURCE,
     )
     print(path)
     return 0
@@ -117,6 +123,7 @@ def cmd_mounts(args: argparse.Namespace) -> int:
 def cmd_shell(args: argparse.Namespace) -> int:
     from expfs.fuse.control import mount_status
     from expfs.fuse.mounts import start_mount
+    from expfs.remote.lazy import BLOB_SOURCE
     from expfs.store.repo import store_for
 
     store = store_for(".")
@@ -124,7 +131,9 @@ def cmd_shell(args: argparse.Namespace) -> int:
     if status.state == "mounted" and status.mountpoint is not None:
         path = status.mountpoint
     else:
-        path = start_mount(store, args.name, gitdir=_gitdir(store, args.name))
+        path = start_mount(
+            store, args.name, gitdir=_gitdir(store, args.name), blob_source=BLOB_SOURCE
+        )
         print(f"mounted {args.name} at {path}", file=sys.stderr)
     shell = os.environ.get("SHELL") or "/bin/sh"
     os.chdir(path)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from expfs.text import plural
+
 LINK_TYPES = ("copy", "hardlink", "reflink")
 
 
@@ -35,7 +37,10 @@ def register(sub: Any) -> None:
         description="Remove the blobs and trees of the store that no experiment, "
         "workspace, run-cache entry, apply backup or expfs.lock in any branch, tag "
         "or checkout reaches. Objects younger than the grace period are kept, so gc "
-        "is safe while experiments run. With --remote, clean a remote instead.",
+        "is safe while experiments run. With --remote, clean a remote instead: "
+        "its objects that no run-cache entry, experiment record or root mark on "
+        "it, and no experiment or expfs.lock of this clone, reaches. Records stay "
+        "until --experiments names them, because other clones may use them.",
     )
     p.add_argument(
         "--dry",
@@ -57,6 +62,14 @@ def register(sub: Any) -> None:
     )
     p.add_argument(
         "--remote", metavar="NAME", help="clean this remote instead of the local store"
+    )
+    p.add_argument(
+        "--experiments",
+        nargs="+",
+        metavar="EXP",
+        help="with --remote, also remove these experiments' records (pushed by "
+        "any clone), so that gc frees what only they kept: names, shell "
+        "patterns such as 'sweep-*', or NAME@ID for one of several",
     )
     p.set_defaults(handler=cmd_gc)
 
@@ -179,8 +192,8 @@ def cmd_promote(args: argparse.Namespace) -> int:
         f"(commit {result.commit[:12]})"
     )
     if result.carried_commits:
-        count = len(result.carried_commits)
-        print(f"  carried {count} commit(s) made with git inside the mount")
+        carried = plural(len(result.carried_commits), "commit")
+        print(f"  carried {carried} made with git inside the mount")
     if result.commits_left:
         print(
             f"  not carried: {result.commits_left}; the branch starts at the base "
@@ -203,7 +216,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
     store = _store()
     if args.undo is not None:
         backup, paths = undo_apply(store, args.undo or None)
-        print(f"restored {len(paths)} paths from backup {backup}")
+        print(f"restored {plural(len(paths), 'path')} from backup {backup}")
         return 0
     if not args.name:
         raise UsageError("give the experiment to apply: `expfs exp apply NAME`")
@@ -216,7 +229,8 @@ def cmd_apply(args: argparse.Namespace) -> int:
     for path in result.overwritten:
         print(f"overwrote {path} (it was changed in the working tree too)")
     print(
-        f"applied experiment {args.name}: {len(result.written)} paths written; "
+        f"applied experiment {args.name}: {plural(len(result.written), 'path')} "
+        "written; "
         f"undo with `expfs exp apply --undo {result.backup}`"
     )
     return 0
@@ -229,12 +243,13 @@ def cmd_checkout(args: argparse.Namespace) -> int:
     store, worktree = store_for_worktree(".")
     result = checkout(store, worktree, link=args.link)
     print(
-        f"restored {len(result.restored)} outputs, {len(result.unchanged)} "
-        "already up to date"
+        f"restored {plural(len(result.restored), 'output')}, "
+        f"{len(result.unchanged)} already up to date"
     )
     if result.missing:
         raise ExpfsError(
-            f"the store lacks the objects of {len(result.missing)} outputs named by "
+            f"the store lacks the objects of {plural(len(result.missing), 'output')} "
+            "named by "
             f"expfs.lock, so they were not restored: {', '.join(result.missing)}; "
             "run `expfs repro` to make them again, or `expfs pull` to fetch them"
         )
@@ -242,6 +257,7 @@ def cmd_checkout(args: argparse.Namespace) -> int:
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
+    from expfs.errors import UsageError
     from expfs.gc import DEFAULT_GRACE_S, gc
 
     if args.remote is not None:
@@ -249,6 +265,11 @@ def cmd_gc(args: argparse.Namespace) -> int:
 
         args.grace = 24.0 if args.grace is None else args.grace
         return int(cmd_gc_remote(args))
+    if args.experiments:
+        raise UsageError(
+            "--experiments removes experiment records from a remote: give the "
+            "remote with --remote NAME (`expfs exp remove` removes local experiments)"
+        )
     grace_s = DEFAULT_GRACE_S if args.grace is None else args.grace * 3600
     report = gc(_store(), grace_s=grace_s, dry_run=args.dry_run)
     if args.list:
@@ -256,10 +277,12 @@ def cmd_gc(args: argparse.Namespace) -> int:
             print(f"{kind} {digest} {size}")
     verb = "would remove" if args.dry_run else "removed"
     print(
-        f"{verb} {report.blobs_removed} blobs and {report.trees_removed} trees, "
-        f"{_size(report.bytes_removed)}; kept {report.blobs_kept} reachable blobs, "
-        f"{report.trees_kept} trees, and {report.young_blobs_kept} unreachable "
-        f"blobs and {report.young_trees_kept} trees younger than the grace period"
+        f"{verb} {plural(report.blobs_removed, 'blob')} and "
+        f"{plural(report.trees_removed, 'tree')}, {_size(report.bytes_removed)}; "
+        f"kept {plural(report.blobs_kept, 'reachable blob')}, "
+        f"{plural(report.trees_kept, 'tree')}, and "
+        f"{plural(report.young_blobs_kept, 'unreachable blob')} and "
+        f"{plural(report.young_trees_kept, 'tree')} younger than the grace period"
     )
     return 0
 
@@ -268,6 +291,8 @@ def _size(count: int) -> str:
     value = float(count)
     for unit in ("bytes", "KiB", "MiB", "GiB"):
         if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "bytes" else f"{value:.1f} {unit}"
+            if unit == "bytes":
+                return plural(count, "byte")
+            return f"{value:.1f} {unit}"
         value /= 1024
     return f"{count} bytes"

@@ -1,4 +1,4 @@
-"""Remote commands: remote add/list/remove, push, pull, gc --remote."""
+"""Remote commands: remote add/list/remove, push, pull; `gc --remote` runs here."""
 
 from __future__ import annotations
 
@@ -20,12 +20,25 @@ def register(sub: Any) -> None:
     remote_sub = remote.add_subparsers(dest="remote_command", metavar="COMMAND")
     remote_sub.required = True
 
-    p = remote_sub.add_parser("add", help="add or replace a remote")
+    p = remote_sub.add_parser(
+        "add",
+        help="add a remote (--force replaces one of the same name)",
+        description="Add a remote. A name that either config file defines "
+        "already is an error unless --force is given, because a remote in "
+        ".expfs/config hides one of the same name in .expfs.toml.",
+    )
     p.add_argument("name", help="remote name, such as origin")
     p.add_argument(
         "url", help="file:///path, sftp://[user@]host[:port]/path or s3://bucket/path"
     )
     p.add_argument("--default", action="store_true", help="make it the default remote")
+    p.add_argument(
+        "-f",
+        "--force",
+        action="store_true",
+        help="replace a remote of the same name in the file written, or override "
+        "one in the other file",
+    )
     p.add_argument(
         "--read-only",
         action="store_true",
@@ -90,27 +103,6 @@ def register(sub: Any) -> None:
             )
         p.set_defaults(handler=cmd_push if verb == "push" else cmd_pull)
 
-    if "gc" not in sub.choices:
-        p = sub.add_parser(
-            "gc",
-            help="remove objects from a remote that nothing reaches",
-            description="Remove objects from a remote that no run-cache entry on it, "
-            "no pushed snapshot and no experiment or lock file of this clone reaches, "
-            "once they are older than the grace period.",
-        )
-        p.add_argument("--remote", required=True, metavar="NAME", help="remote name")
-        p.add_argument(
-            "--grace",
-            type=float,
-            default=24.0,
-            metavar="HOURS",
-            help="keep unreachable objects younger than this, in hours (default: 24)",
-        )
-        p.add_argument(
-            "--dry-run", action="store_true", help="only count what would go"
-        )
-        p.set_defaults(handler=cmd_gc_remote)
-
 
 def _store() -> Any:
     from expfs.store.repo import store_for
@@ -139,10 +131,46 @@ def cmd_remote_add(args: argparse.Namespace) -> int:
         args.name, args.url, args.read_only, _parse_options(args.options), local
     )
     files = config_files(store.root)
-    files.add(remote, default=args.default)
+    before = files.definitions(remote.name)
+    default_before = files.default_name()
+    files.add(remote, default=args.default, force=args.force)
     where = files.path(local)
-    print(f"added remote {remote.name} ({remote.display_url}) to {where}")
+    replaced = [old for path, old in before if path == where]
+    if replaced:
+        print(
+            f"replaced remote {remote.name} ({replaced[0].display_url}) in {where} "
+            f"with {remote.display_url}"
+        )
+    else:
+        print(f"added remote {remote.name} ({remote.display_url}) to {where}")
+    for path, old in before:
+        if path == where:
+            continue
+        if local:
+            print(
+                f"it overrides remote {old.name} ({old.display_url}) of {path} "
+                "in this clone"
+            )
+        else:
+            print(
+                f"remote {old.name} in {path} ({old.display_url}) still overrides "
+                "it in this clone; remove that one with `expfs remote remove` and "
+                "add this one again to use it"
+            )
+    if args.default:
+        _report_default(files, remote.name, default_before)
     return 0
+
+
+def _report_default(files: Any, name: str, before: str | None) -> None:
+    source, now = files.default_setting()
+    if now != name:
+        print(
+            f"the default remote of this clone stays {now}, set in {source}; "
+            f'set `remote = "{name}"` under [core] there to make {name} the default'
+        )
+    elif before is not None and before != name:
+        print(f"default remote changed from {before} to {name}")
 
 
 def cmd_remote_list(args: argparse.Namespace) -> int:
@@ -219,8 +247,10 @@ def cmd_pull(args: argparse.Namespace) -> int:
 
 
 def cmd_gc_remote(args: argparse.Namespace) -> int:
+    """Run `expfs gc --remote`, which `expfs_cli.promote_cmds` parses."""
     from expfs.remote.gc import gc_remote
     from expfs.remote.runs import ReadOnlyRemote, open_remote
+    from expfs.text import plural
 
     store = _store()
     remote = open_remote(store, args.remote)
@@ -228,12 +258,23 @@ def cmd_gc_remote(args: argparse.Namespace) -> int:
         raise ReadOnlyRemote(
             f"remote {remote.label} is read-only: gc does not write to it"
         )
-    report = gc_remote(store, remote, grace_s=args.grace * 3600, dry_run=args.dry_run)
+    report = gc_remote(
+        store,
+        remote,
+        grace_s=args.grace * 3600,
+        dry_run=args.dry_run,
+        experiments=args.experiments or (),
+    )
     verb = "would remove" if args.dry_run else "removed"
+    for file in report.records_removed:
+        print(f"{verb} experiment record {file.describe()}")
     print(
-        f"{verb} {report.removed} objects, {report.temporary_removed} temporary "
-        f"files and {report.lease_files_removed} files of ended leases from "
-        f"{remote.label}; kept {report.kept} reachable and "
-        f"{report.too_new} younger than {args.grace:g} h"
+        f"{verb} {plural(len(report.records_removed), 'experiment record')}, "
+        f"{plural(report.record_versions_removed, 'older record version')}, "
+        f"{plural(report.removed, 'object')}, "
+        f"{plural(report.temporary_removed, 'temporary file')} and "
+        f"{plural(report.lease_files_removed, 'file')} of ended leases from "
+        f"{remote.label}; kept {report.kept} reachable and {report.too_new} "
+        f"younger than {args.grace:g} h"
     )
     return 0

@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from expfs.text import plural
+
 # The same as expfs.report.DEFAULT_PRECISION, kept here so that `--help`
 # does not import the library.
 DEFAULT_PRECISION = 5
@@ -201,7 +203,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
     x = find_column(table.all_columns, args.x) if args.x else None
     output = Path(args.output or f"exp-plot-{_file_stem(metric.label)}.png")
     result = plot_metric(rows, metric, output, x=x)
-    print(f"wrote {result.png} ({result.plotted} rows)")
+    print(f"wrote {result.png} ({plural(result.plotted, 'row')})")
     if result.skipped:
         needed = f"a number for {metric.label}" + (f" and {x.label}" if x else "")
         print(f"left out (without {needed}): {', '.join(result.skipped)}")

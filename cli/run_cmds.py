@@ -8,6 +8,8 @@ import sys
 import time
 from typing import Any
 
+from expfs.text import plural
+
 
 def register_exp(exp_sub: Any) -> None:
     """Add `exp run` and `exp kill` to the `exp` command group."""
@@ -121,7 +123,8 @@ def _summary(experiments: list[Any]) -> int:
     if failed:
         names = ", ".join(e.name for e in failed)
         print(
-            f"{len(failed)} of {len(experiments)} experiments did not succeed ({names}): "
+            f"{len(failed)} of {plural(len(experiments), 'experiment')} did not "
+            f"succeed ({names}): "
             "see `expfs queue logs NAME`",
             file=sys.stderr,
         )
@@ -235,7 +238,7 @@ def cmd_queue_stop(args: argparse.Namespace) -> int:
     running = [e.name for e in list_experiments(store) if e.status == STATUS_RUNNING]
     stopped = stop_experiments(store, running)
     print(
-        f"stopped {len(stopped)} experiments"
+        f"stopped {plural(len(stopped), 'experiment')}"
         + (f": {', '.join(stopped)}" if stopped else "")
     )
     return 0

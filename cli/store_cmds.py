@@ -7,6 +7,8 @@ import os
 import sys
 from typing import Any
 
+from expfs.text import plural
+
 
 def register(sub: Any) -> None:
     p = sub.add_parser(
@@ -214,7 +216,8 @@ def cmd_materialize(args: argparse.Namespace) -> int:
         ensure=ensure_local,
     )
     _end_progress()
-    print(f"wrote {writer.files} files ({writer.bytes} bytes) to {args.dest}")
+    files, size = plural(writer.files, "file"), plural(writer.bytes, "byte")
+    print(f"wrote {files} ({size}) to {args.dest}")
     return 0
 
 
@@ -228,16 +231,22 @@ def cmd_fsck(args: argparse.Namespace) -> int:
     for problem in report.problems:
         print(problem)
     if report.reindexed:
-        print(f"re-indexed {report.reindexed} blob files that had no index entry")
-    if report.lazy_blobs:
-        print(
-            f"{report.lazy_blobs} blobs restored lazily are still only on a remote "
-            "(fetched when a mounted file is opened, or by a checkout)"
-        )
-    print(
-        f"checked {report.blobs_checked} blobs ({report.bytes_checked} bytes) and "
-        f"{report.trees_checked} trees: {len(report.problems)} problems"
+        files = plural(report.reindexed, "blob file")
+        print(f"re-indexed {files} that had no index entry")
+    summary = (
+        f"checked {plural(report.blobs_checked, 'blob')} "
+        f"({plural(report.bytes_checked, 'byte')}) and "
+        f"{plural(report.trees_checked, 'tree')}: "
+        f"{plural(len(report.problems), 'problem')}"
     )
+    if report.lazy_blobs:
+        verb = "is" if report.lazy_blobs == 1 else "are"
+        summary += (
+            f"; {plural(report.lazy_blobs, 'blob')} restored lazily {verb} still "
+            "only on a remote (fetched when a mounted file is opened, or by a "
+            "checkout)"
+        )
+    print(summary)
     return 0 if report.ok else 1
 
 
@@ -251,8 +260,8 @@ def _progress(verb: str) -> Any:
         global _progress_shown
         if not sys.stderr.isatty():
             return
-        of = f"/{total}" if total else ""
-        sys.stderr.write(f"\r{verb} {done}{of} files, {size / 1e6:.1f} MB")
+        counted = f"{done}/{total} files" if total else plural(done, "file")
+        sys.stderr.write(f"\r{verb} {counted}, {size / 1e6:.1f} MB")
         sys.stderr.flush()
         _progress_shown = True
 

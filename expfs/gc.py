@@ -59,6 +59,7 @@ from expfs.store import layout
 from expfs.store.lazy import clear_marks, iter_marks
 from expfs.store.objects import Store
 from expfs.store.trees import Digest, Kind, TreeFormatError, decode_tree, raw
+from expfs.text import plural
 
 log = logging.getLogger(__name__)
 
@@ -377,10 +378,10 @@ def gc(
         seen.pop(digest, None)
     write_trees_seen(store, seen)
     log.info(
-        "gc removed %d blobs (%d bytes) and %d trees",
-        report.blobs_removed,
-        report.blob_bytes_removed,
-        report.trees_removed,
+        "gc removed %s (%s) and %s",
+        plural(report.blobs_removed, "blob"),
+        plural(report.blob_bytes_removed, "byte"),
+        plural(report.trees_removed, "tree"),
     )
     return report
 

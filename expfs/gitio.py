@@ -49,6 +49,7 @@ from expfs.runcache import OutputRecord
 from expfs.store.lazy import is_available
 from expfs.store.objects import Store
 from expfs.store.trees import Digest, Entry, Kind
+from expfs.text import plural
 from expfs.tree.diff import Change, Status, diff_trees
 from expfs.tree.materialize import Materializer, materialize
 
@@ -99,8 +100,9 @@ class ApplyConflict(ExpfsError):
     def __init__(self, name: str, paths: Sequence[str]) -> None:
         listing = "\n".join(f"  {p}" for p in paths)
         super().__init__(
-            f"experiment {name!r} changes {len(paths)} paths that were also changed "
-            f"in the working tree since the experiment was created:\n{listing}\n"
+            f"experiment {name!r} changes {plural(len(paths), 'path')} that "
+            f"{'was' if len(paths) == 1 else 'were'} also changed in the working "
+            f"tree since the experiment was created:\n{listing}\n"
             "commit or stash those changes first, or pass --force to overwrite them "
             "(a backup is kept either way)"
         )
@@ -733,7 +735,7 @@ def apply(
     for change in to_write:
         _write_change(writer, root, change)
         result.written.append(os.fsdecode(change.path))
-    log.info("applied experiment %s: %d paths written", name, len(to_write))
+    log.info("applied experiment %s: %s written", name, plural(len(to_write), "path"))
     return result
 
 

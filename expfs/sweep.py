@@ -472,6 +472,7 @@ class Runner:
     def run_one(self, name: str) -> Experiment:
         """Mount, apply overrides, repro, record, unmount: one experiment."""
         from expfs.fuse.mounts import start_mount, stop_mount
+        from expfs.remote.lazy import BLOB_SOURCE
         from expfs.repro.engine import StageStopped
 
         assert self.stop_event is not None
@@ -510,6 +511,7 @@ class Runner:
                     name,
                     launcher=self.launcher,
                     gitdir=experiment.gitdir or None,
+                    blob_source=BLOB_SOURCE,
                 )
                 self._run_in_mount(experiment, mountpoint, output, changes)
                 status = STATUS_SUCCESS

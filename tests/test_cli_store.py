@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -239,6 +240,33 @@ def test_fsck_exit_status(
     assert code == 1
     assert f"corrupt {alpha} {corrupt}" in out
     assert f"missing {beta}" in out
+
+
+def test_counts_of_one_are_singular(
+    initialized: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    one = initialized / "one"
+    one.mkdir()
+    (one / "a.txt").write_text("x")
+    digest = snapshot(initialized, capsys, "one")
+    dest = tmp_path / "copy"
+    code, out, _ = run_cli(initialized, "materialize", digest, str(dest), capsys=capsys)
+    assert code == 0
+    assert out == f"wrote 1 file (1 byte) to {dest}\n"
+
+    code, out, _ = run_cli(initialized, "fsck", capsys=capsys)
+    assert code == 0
+    assert out == "checked 1 blob (1 byte) and 1 tree: 0 problems\n"
+
+    # Nothing references the snapshot, so gc removes its blob and tree.
+    code, out, _ = run_cli(initialized, "gc", "--grace", "0", capsys=capsys)
+    assert code == 0
+    # The bytes count the tree's encoding too.
+    expected = (
+        r"removed 1 blob and 1 tree, \d+ bytes; kept 0 reachable blobs, 0 trees, "
+        r"and 0 unreachable blobs and 0 trees younger than the grace period\n"
+    )
+    assert re.fullmatch(expected, out), out
 
 
 HEAVY_MODULES = "('trio', 'pyfuse3', 'yaml')"

@@ -255,7 +255,7 @@ def test_promote_carries_commit_from_mount(project: Path) -> None:
     out = expfs(
         project, "exp", "promote", "e1", "--branch", "exp/c", "--current"
     ).stdout
-    assert "carried 1 commit(s) made with git inside the mount" in out
+    assert "carried 1 commit made with git inside the mount" in out
     assert git(project, "rev-parse", "exp/c^").strip() == commit
     assert git(project, "log", "-1", "--format=%s", "exp/c^") == "edit in e1\n"
     assert git(project, "show", "exp/c:notes.txt") == "why lr=0.5\n"

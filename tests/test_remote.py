@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import subprocess
 import sys
 import time
@@ -12,10 +13,15 @@ from pathlib import Path
 import pytest
 
 from expfs.errors import UsageError
-from expfs.remote.config import RemoteConfig, config_files, redact_url
+from expfs.remote.config import (
+    RemoteConfig,
+    RemoteExists,
+    config_files,
+    redact_url,
+)
 from expfs.remote.entries import entry_name, entry_rel, read_entry
 from expfs.remote.gc import gc_remote
-from expfs.remote.inputs import key_of, make_inputs
+from expfs.remote.inputs import key_of, make_inputs, save_inputs
 from expfs.remote.runs import remote_lookup, remote_record
 from expfs.remote.transfer import CorruptRemoteObject, Remote, Stats, object_rel
 from expfs.runcache import OutputRecord, RunCache, RunRecord
@@ -75,6 +81,8 @@ def test_config_add_list_remove(store: Store) -> None:
         RemoteConfig("laptop", "file:///srv/x", read_only=True, local=True),
         default=False,
     )
+    with pytest.raises(RemoteExists, match="'origin' already exists"):
+        files.add(RemoteConfig("origin", "s3://bucket/y"), default=False)
     remotes = files.remotes()
     assert remotes["origin"].options == {"endpoint_url": "http://h"}
     assert remotes["laptop"].read_only
@@ -417,3 +425,123 @@ def test_cli_remote_add_leaves_working_tree_alone(store: Store) -> None:
     )
     assert os.path.exists(os.path.join(root, ".expfs.toml"))
     assert config_files(store.root).default_name() == "origin"
+
+
+def _config_bytes(root: str) -> dict[str, bytes | None]:
+    found: dict[str, bytes | None] = {}
+    for path in (
+        os.path.join(root, ".expfs", "config"),
+        os.path.join(root, ".expfs.toml"),
+    ):
+        found[path] = Path(path).read_bytes() if os.path.exists(path) else None
+    return found
+
+
+def test_cli_remote_add_rejects_existing_name(
+    store: Store, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = os.path.dirname(store.root)
+    add = ["-C", root, "remote", "add"]
+    assert main([*add, "origin", "sftp://u:hunter2@127.0.0.1/a", "--default"]) == 0
+    before = _config_bytes(root)
+    capsys.readouterr()
+
+    assert main([*add, "origin", "file:///tmp/b", "-o", "jobs=2"]) == 2
+    err = capsys.readouterr().err
+    assert "remote 'origin' already exists in" in err
+    assert os.path.join(".expfs", "config") in err
+    assert "sftp://u:***@127.0.0.1/a" in err
+    assert "hunter2" not in err
+    assert "--force" in err
+    assert _config_bytes(root) == before
+
+    assert main([*add, "origin", "file:///tmp/b", "--force"]) == 0
+    out = capsys.readouterr().out
+    assert "replaced remote origin (sftp://u:***@127.0.0.1/a)" in out
+    assert "with file:///tmp/b" in out
+    files = config_files(store.root)
+    assert files.remotes()["origin"].url == "file:///tmp/b"
+    assert files.default_name() == "origin"
+
+
+def test_cli_remote_add_across_config_files(
+    store: Store, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = os.path.dirname(store.root)
+    add = ["-C", root, "remote", "add"]
+    assert main([*add, "team", "file:///srv/team", "--project"]) == 0
+    before = _config_bytes(root)
+    capsys.readouterr()
+
+    # A private remote of the same name would hide the committed one.
+    assert main([*add, "team", "file:///tmp/mine"]) == 2
+    err = capsys.readouterr().err
+    assert "remote 'team' already exists in" in err
+    assert ".expfs.toml" in err
+    assert "file:///srv/team" in err
+    assert _config_bytes(root) == before
+
+    assert main([*add, "team", "file:///tmp/mine", "--force"]) == 0
+    out = capsys.readouterr().out
+    assert "overrides remote team (file:///srv/team) of" in out
+    assert config_files(store.root).remotes()["team"].url == "file:///tmp/mine"
+
+    # A committed remote of the same name stays hidden by the private one.
+    assert main([*add, "team", "file:///srv/other", "--project", "--force"]) == 0
+    out = capsys.readouterr().out
+    assert "remote team in" in out
+    assert "(file:///tmp/mine) still overrides it in this clone" in out
+    assert config_files(store.root).remotes()["team"].url == "file:///tmp/mine"
+
+
+def test_cli_remote_add_reports_default(
+    store: Store, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = os.path.dirname(store.root)
+    add = ["-C", root, "remote", "add"]
+    assert main([*add, "mine", "file:///tmp/mine", "--default"]) == 0
+    capsys.readouterr()
+    assert main([*add, "team", "file:///srv/team", "--project", "--default"]) == 0
+    out = capsys.readouterr().out
+    assert "the default remote of this clone stays mine" in out
+    assert config_files(store.root).default_name() == "mine"
+
+    assert main([*add, "other", "file:///tmp/other", "--default"]) == 0
+    out = capsys.readouterr().out
+    assert "default remote changed from mine to other" in out
+
+
+def test_cli_push_summary_counts(
+    store: Store, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = os.path.dirname(store.root)
+    url = f"file://{tmp_path / 'r'}"
+
+    def add_run(n: int) -> None:
+        # Every run makes the same output, so its objects are shared.
+        record, inputs = make_run(store, tmp_path / f"w{n}", {"a": "1", "b": "22"}, n)
+        RunCache(store).record(record)
+        save_inputs(store, record.key, inputs)
+
+    def push_summary() -> str:
+        assert main(["-C", root, "push", "-r", "origin", "--run-cache"]) == 0
+        return capsys.readouterr().err
+
+    add_run(1)
+    add_run(2)
+    assert main(["-C", root, "remote", "add", "origin", url]) == 0
+    capsys.readouterr()
+    size = r"\(\d+ B\)"
+    took = r"in \d+\.\d\d s"
+
+    first = push_summary()
+    expected = rf"pushed 3 objects {size} and 2 run-cache entries, to origin \({url}\), {took}\n"
+    assert re.fullmatch(expected, first), first
+
+    add_run(3)
+    second = push_summary()
+    expected = (
+        rf"pushed 0 objects \(0 B\) and 1 run-cache entry, to origin \({url}\), "
+        rf"{took}; 1 object and 2 entries were already there\n"
+    )
+    assert re.fullmatch(expected, second), second

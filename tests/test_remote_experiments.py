@@ -78,11 +78,11 @@ def test_pulled_experiment_shows_diffs_promotes(clones: Callable[[str], Path]) -
     run(first, "exp", "run", "-S", "lr=0.5", "--name", "half")
     run(first, "exp", "run", "-S", "lr=0.25", "--name", "quarter")
     pushed = run(first, "push", "half", "quarter")
-    assert "pushed 2 experiment records" in pushed.stderr
+    assert pushed.stderr.rstrip().endswith("; pushed 2 experiment records")
     made = show(first)
 
     pulled = run(second, "pull", "half")
-    assert "pulled 1 experiment records" in pulled.stderr
+    assert pulled.stderr.rstrip().endswith("; pulled 1 experiment record")
     here = show(second)
     assert sorted(here) == ["half"]
     for field in ("params", "metrics", "result", "base", "base_commit", "overrides"):

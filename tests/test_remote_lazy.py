@@ -27,6 +27,7 @@ from expfs.store.trees import Digest, Kind
 from expfs.tree.materialize import materialize
 from expfs.tree.snapshot import snapshot_path
 from expfs.workspace import Workspace
+from expfs_cli.main import main
 from tests.test_remote import make_run, second_store
 
 __all__ = ["second_store"]
@@ -96,7 +97,36 @@ def test_fsck_counts_lazy_blobs_as_no_problem(
     remote_lookup(second_store, remote, record.key, "gen", fetch_blobs=False)
     report = fsck(second_store)
     assert report.ok, [str(p) for p in report.problems]
-    assert report.lazy_blobs == len(FILES)
+    # The folder's blobs and the single-file output.
+    assert report.lazy_blobs == len(FILES) + 1
+
+
+def test_fsck_summary_shows_lazy_count(
+    store: Store,
+    second_store: Store,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    remote = add_default_remote(second_store, tmp_path / "remote")
+    record = pushed_run(store, tmp_path, remote)
+    remote_lookup(second_store, remote, record.key, "gen", fetch_blobs=False)
+    root = os.path.dirname(second_store.root)
+    capsys.readouterr()
+    assert main(["-C", root, "fsck"]) == 0
+    assert capsys.readouterr().out == (
+        "checked 0 blobs (0 bytes) and 1 tree: 0 problems; 4 blobs restored "
+        "lazily are still only on a remote (fetched when a mounted file is "
+        "opened, or by a checkout)\n"
+    )
+
+    tree = record.outputs[0].digest
+    materialize(second_store, tree, str(tmp_path / "out"), ensure=ensure_local)
+    assert main(["-C", root, "fsck"]) == 0
+    assert capsys.readouterr().out == (
+        "checked 3 blobs (220 bytes) and 1 tree: 0 problems; 1 blob restored "
+        "lazily is still only on a remote (fetched when a mounted file is "
+        "opened, or by a checkout)\n"
+    )
 
 
 def test_materialize_fetches_then_clears_marks(
@@ -114,7 +144,8 @@ def test_materialize_fetches_then_clears_marks(
     assert lazy_mark(second_store, tree) is None
     for blob in blobs_of(second_store, tree):
         assert second_store.verify_blob(blob)
-    assert fsck(second_store).lazy_blobs == 0
+    # Only the single-file output is still on the remote.
+    assert fsck(second_store).lazy_blobs == 1
 
 
 def test_single_file_fetched_by_ensure_local(

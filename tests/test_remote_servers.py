@@ -390,7 +390,7 @@ def test_second_clone_restores_from_remote(
     expfs(first, "repro")
     pushed = expfs(first, "push", "--run-cache")
     # repro pushed the run as it recorded it, so push finds it there.
-    assert "and 1 entries were already there" in pushed.stderr
+    assert "1 object and 1 entry were already there" in pushed.stderr
     second = tmp_path / "b"
     subprocess.run(["git", "clone", "-q", str(first), str(second)], check=True)
     expfs(second, "init")

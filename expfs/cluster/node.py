@@ -97,7 +97,8 @@ def open_node_store(node_dir: str, remote: dict[str, Any]) -> Store:
             dict(remote["options"]),
             local=True,
         )
-        config_files(store.root).add(config, default=True)
+        # Each task of a sweep sets the sweep's remote again, so it replaces the last.
+        config_files(store.root).add(config, default=True, force=True)
     return store
 
 

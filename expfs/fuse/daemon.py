@@ -1,7 +1,8 @@
 """The mount daemon: serves one experiment's workspace at a mount point.
 
 Run as `python -m expfs.fuse.daemon --store ROOT --name NAME --mountpoint
-PATH [--ready-fd FD]`; `expfs mount` starts it in the background. The
+PATH [--ready-fd FD] [--blob-source MODULE:NAME]`; `expfs mount` starts it
+in the background. The
 daemon mounts, waits until the mount responds to a `stat`, raises the mount's
 read-ahead, writes its runtime record and only then reports `ready` on the
 pipe `--ready-fd` (or `error: MESSAGE` when anything failed), so the
@@ -13,6 +14,13 @@ busy) or on SIGTERM, SIGINT or SIGHUP (flushing, then a lazy unmount). In
 each case it flushes the kernel's writeback cache into the workspace,
 closes the workspace and removes its runtime files. Everything goes to
 `.expfs/logs/NAME.log`.
+
+Files that a lazy restore left on a remote are fetched on first open by a
+blob source that the caller supplies: `--blob-source MODULE:NAME` names a
+callable that takes the store and returns one (the remotes layer has
+`expfs.remote.lazy.RemoteBlobSource`), or `main` takes the callable
+itself. The FUSE layer never imports the remotes layer, which sits above
+it. Without a blob source, opening such a file fails with EIO.
 """
 
 from __future__ import annotations
@@ -22,14 +30,15 @@ import collections
 import ctypes
 import errno
 import functools
+import importlib
 import json
 import logging
 import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import pyfuse3
 import trio
@@ -37,7 +46,13 @@ import trio
 from expfs.fuse import control
 from expfs.fuse.gitlink import with_gitlink
 
+if TYPE_CHECKING:
+    from expfs.fuse.ops import BlobSource
+
 log = logging.getLogger(__name__)
+
+# A callable that builds a mount's blob source from its store.
+BlobSourceFactory = Callable[[Any], "BlobSource"]
 
 READY_TIMEOUT_S = 30.0
 READ_AHEAD_KB = 1024
@@ -99,10 +114,12 @@ class Daemon:
         mountpoint: str,
         allow_other: bool,
         gitdir: str | None = None,
+        blob_source: BlobSource | None = None,
     ) -> None:
         self.store = store
         self.name = name
         self.gitdir = gitdir
+        self.blob_source = blob_source
         self.mountpoint = os.path.abspath(mountpoint)
         self.allow_other = allow_other
         self.workspace: Any = None
@@ -123,12 +140,8 @@ class Daemon:
             raise control.ControlError(
                 f"mount point {self.mountpoint} is not a folder: create it first"
             )
-        from expfs.remote.lazy import RemoteBlobSource
-
         self.workspace = Workspace.open(self.store, self.name)
-        self.ops = with_gitlink(WorkspaceOperations)(
-            self.workspace, RemoteBlobSource(self.store)
-        )
+        self.ops = with_gitlink(WorkspaceOperations)(self.workspace, self.blob_source)
         if self.gitdir:
             self.ops.set_gitlink(self.gitdir)
         options = set(pyfuse3.default_options)
@@ -388,6 +401,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--debug", action="store_true", help="log every operation")
     parser.add_argument(
+        "--blob-source",
+        metavar="MODULE:NAME",
+        help="a callable that takes the store and returns the fetcher of blobs "
+        "that a lazy restore left on a remote (without it, opening such a file "
+        "fails with EIO)",
+    )
+    parser.add_argument(
         "--profile",
         metavar="FILE",
         default=os.environ.get("EXPFS_DAEMON_PROFILE"),
@@ -398,13 +418,45 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def load_blob_source_factory(spec: str) -> BlobSourceFactory:
+    """Import the callable that `spec` (MODULE:NAME) names; raise ValueError."""
+    module_name, sep, attribute = spec.partition(":")
+    if not sep or not module_name or not attribute:
+        raise ValueError(
+            f"invalid --blob-source {spec!r}: give MODULE:NAME of a callable "
+            "that takes the store"
+        )
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"invalid --blob-source {spec!r}: {exc}") from None
+    factory = getattr(module, attribute, None)
+    if not callable(factory):
+        raise ValueError(
+            f"invalid --blob-source {spec!r}: module {module_name} has no "
+            f"callable {attribute}"
+        )
+    loaded: BlobSourceFactory = factory
+    return loaded
+
+
+def main(
+    argv: Sequence[str] | None = None,
+    blob_source_factory: BlobSourceFactory | None = None,
+) -> int:
+    """Run the daemon; return its exit status.
+
+    `blob_source_factory` builds the fetcher of lazily restored blobs from
+    the store, in place of `--blob-source`.
+    """
     args = parse_args(argv)
     from expfs.store.repo import open_store
 
     ready = ReadyPipe(args.ready_fd)
     try:
         store = open_store(args.store)
+        if blob_source_factory is None and args.blob_source:
+            blob_source_factory = load_blob_source_factory(args.blob_source)
     except Exception as exc:
         ready.fail(str(exc))
         return 1
@@ -417,6 +469,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     daemon = Daemon(store, args.name, args.mountpoint, args.allow_other, args.gitdir)
     try:
+        if blob_source_factory is not None:
+            daemon.blob_source = blob_source_factory(store)
         daemon.mount()
     except Exception as exc:
         log.exception("mounting experiment %s failed", args.name)

@@ -82,13 +82,16 @@ def start_mount(
     allow_other: bool = False,
     launcher: AnyLauncher | None = None,
     gitdir: str | None = None,
+    blob_source: str | None = None,
 ) -> str:
     """Start a daemon serving experiment `name`; return its mount point.
 
     With a `launcher` the daemon is forked from it, with its imports done,
     instead of started as a new interpreter. `gitdir`, the experiment's Git
     worktree folder, becomes the mount's `.git` file, so Git run inside
-    the mount finds the experiment's branch.
+    the mount finds the experiment's branch. `blob_source` (MODULE:NAME)
+    names the daemon's fetcher of blobs that a lazy restore left on a
+    remote; without one, opening such a file fails with EIO.
     """
     from expfs.workspace import Workspace
 
@@ -131,6 +134,8 @@ def start_mount(
         command.append("--allow-other")
     if gitdir:
         command += ["--gitdir", gitdir]
+    if blob_source:
+        command += ["--blob-source", blob_source]
     log_file = open(control.log_path(store.root, name), "ab")
     proc: subprocess.Popen[bytes] | ForkedDaemon
     try:

@@ -258,6 +258,10 @@ class Backend:
 
         prefix = self.fs._strip_protocol(self.root).rstrip("/") + "/"
         for name, info in self.call(f"listing {rel_dir}", find).items():
+            # s3fs lists a folder that a filer-backed S3 server such as
+            # SeaweedFS keeps after its last file is deleted.
+            if info.get("type") == "directory":
+                continue
             name = str(name)
             rel = name[len(prefix) :] if name.startswith(prefix) else name
             yield rel, _mtime(info)
@@ -598,6 +602,23 @@ class Backend:
                 pass
 
         self.call(f"deleting {rel}", remove)
+
+    def remove_empty_folder(self, rel: str) -> None:
+        """Remove the folder `rel` when it is empty, on file:// and sftp://.
+
+        S3 has no folders of its own, so there this does nothing.
+        """
+        if self.scheme not in ("file", "sftp"):
+            return
+
+        def remove() -> None:
+            try:
+                self.fs.rmdir(self.path(rel))
+            except OSError:
+                # Not empty, or gone already.
+                pass
+
+        self.call(f"removing folder {rel}", remove)
 
     # -- capabilities ------------------------------------------------------------
 

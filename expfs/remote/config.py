@@ -101,6 +101,10 @@ def check_url(url: str) -> None:
         )
 
 
+class RemoteExists(UsageError):
+    """`remote add` named a remote that a config file defines already."""
+
+
 class ConfigFiles:
     """The two config files of one repository."""
 
@@ -118,13 +122,34 @@ class ConfigFiles:
         return found
 
     def default_name(self) -> str | None:
+        return self.default_setting()[1]
+
+    def definitions(self, name: str) -> list[tuple[str, RemoteConfig]]:
+        """Return each file that defines remote `name`, with its definition there."""
+        found: list[tuple[str, RemoteConfig]] = []
+        for path, local in ((self.shared, False), (self.private, True)):
+            remote = _remotes_of(_read(path), path, local=local).get(name)
+            if remote is not None:
+                found.append((path, remote))
+        return found
+
+    def default_setting(self) -> tuple[str | None, str | None]:
+        """Return the file that sets the default remote, and that remote's name.
+
+        The private file's `[core] remote` wins over the committed one's.
+        """
         for path in (self.private, self.shared):
             name = _read(path).get("core", {}).get("remote")
             if isinstance(name, str) and name:
-                return name
-        return None
+                return path, name
+        return None, None
 
-    def add(self, remote: RemoteConfig, *, default: bool) -> None:
+    def add(self, remote: RemoteConfig, *, default: bool, force: bool = False) -> None:
+        """Write `remote` to its file, replacing one of that name only with `force`.
+
+        Raises `RemoteExists` when either file defines the name already,
+        because a private remote hides a committed one of the same name.
+        """
         check_name(remote.name)
         check_url(remote.url)
         if not remote.local and url_password(remote.url) is not None:
@@ -134,6 +159,9 @@ class ConfigFiles:
                 "through the backend's own environment variables or files, or "
                 "add the remote with --local"
             )
+        existing = self.definitions(remote.name)
+        if existing and not force:
+            raise RemoteExists(_exists_message(remote, existing))
         path = self.path(remote.local)
         data = _read(path)
         remotes = data.setdefault("remote", {})
@@ -158,6 +186,17 @@ class ConfigFiles:
             _write(path, data, private=private)
             removed.append(path)
         return removed
+
+
+def _exists_message(
+    remote: RemoteConfig, existing: list[tuple[str, RemoteConfig]]
+) -> str:
+    where = " and ".join(f"{path} with URL {old.display_url}" for path, old in existing)
+    return (
+        f"remote {remote.name!r} already exists in {where}: add it again with "
+        "--force to replace it, choose another name, or remove it first with "
+        f"`expfs remote remove {remote.name}`"
+    )
 
 
 def _read(path: str) -> dict[str, dict]:  # type: ignore[type-arg]

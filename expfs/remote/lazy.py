@@ -18,6 +18,7 @@ from expfs.errors import ExpfsError, MissingObject, UsageError
 from expfs.store.lazy import Missing, clear_marks, lazy_mark, missing_below
 from expfs.store.objects import Store
 from expfs.store.trees import Kind
+from expfs.text import plural
 
 if TYPE_CHECKING:
     # The transfer machinery (fsspec, asyncio) is imported only when a blob
@@ -90,7 +91,9 @@ def _fetch_from(store: Store, remote: Remote, digests: list[str]) -> None:
 
     stats = Stats()
     log.info(
-        "fetching %d blobs restored lazily from remote %s", len(digests), remote.label
+        "fetching %s restored lazily from remote %s",
+        plural(len(digests), "blob"),
+        remote.label,
     )
     remote.download_blobs(store, digests, stats)
     log.info("%s", stats.summary("fetched", remote.label))
@@ -145,3 +148,7 @@ class RemoteBlobSource:
             label,
             time.monotonic() - started,
         )
+
+
+# The `--blob-source` of mount daemons that fetch from the remotes.
+BLOB_SOURCE = f"{__name__}:{RemoteBlobSource.__name__}"

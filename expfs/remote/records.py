@@ -240,6 +240,63 @@ def _preferred(record: RemoteRecord, kept: RemoteRecord) -> bool:
     return record.digest < kept.digest
 
 
+@dataclass(frozen=True)
+class RecordFile:
+    """One version file of an experiment record on a remote, as gc lists it."""
+
+    rel: str
+    name: str
+    uid: str
+    mtime: float
+    # None when the file is not a valid record of `name` and `uid`.
+    record: RemoteRecord | None
+
+    def describe(self) -> str:
+        if self.record is not None:
+            return self.record.describe()
+        return f"{self.name}@{self.uid[:12]} (unreadable record {self.rel})"
+
+
+def list_record_files(remote: Remote) -> list[RecordFile]:
+    """Read every version file under `experiments/`, valid or not."""
+    found: list[RecordFile] = []
+    for rel, mtime in remote.backend.walk_files(RECORDS_DIR):
+        parts = rel.split("/")
+        if len(parts) != 4 or parts[0] != RECORDS_DIR:
+            log.warning(
+                "unexpected file %s under %s/ on remote %s left alone",
+                rel,
+                RECORDS_DIR,
+                remote.label,
+            )
+            continue
+        _, name, uid, _ = parts
+        try:
+            data = remote.retry(
+                "reading a record", partial(remote.backend.read_bytes, rel)
+            )
+        except FileNotFoundError:
+            continue
+        try:
+            record: RemoteRecord | None = decode_record(data, name, uid)
+        except InvalidRecord as exc:
+            log.warning(
+                "invalid experiment record %s on remote %s: %s", rel, remote.label, exc
+            )
+            record = None
+        found.append(RecordFile(rel, name, uid, mtime, record))
+    return found
+
+
+def latest(records: Sequence[RemoteRecord]) -> RemoteRecord:
+    """Return the version of one experiment's record that every reader picks."""
+    chosen = records[0]
+    for record in records[1:]:
+        if _preferred(record, chosen):
+            chosen = record
+    return chosen
+
+
 def remote_names(remote: Remote) -> list[str]:
     return remote.retry(
         "listing records", lambda: remote.backend.list_names(RECORDS_DIR)
@@ -378,6 +435,12 @@ def pull_records(
             if record is None:
                 continue
             import_record(store, remote, record, stats)
+        except ExperimentNotFound:
+            if wanted in requested:
+                raise
+            # A folder left after gc removed the experiment's last record.
+            log.debug("no record of experiment %s on remote %s", name, remote.label)
+            continue
         except ExpfsError as exc:
             if not every or wanted in requested:
                 raise

@@ -235,12 +235,15 @@ def push(
     stats = Stats()
     pushed = _experiments(store, experiments)
     roots = [root for e in pushed for root in _roots_of(e)]
+    locked: list[tuple[Kind, Digest]] = []
     if not experiments:
-        roots += [(Kind(k), d) for k, d in locked_outputs(repo_root(store))]
-    roots = [(k, d) for k, d in roots if _local(store, k, d)]
+        locked = [(Kind(k), d) for k, d in locked_outputs(repo_root(store))]
+    roots = [(k, d) for k, d in roots + locked if _local(store, k, d)]
     remote.push_objects(store, roots, stats)
-    for kind, digest in roots:
-        if kind == Kind.DIRECTORY:
+    # An experiment's record keeps its snapshots on the remote, so only the
+    # lock file's outputs get a root mark.
+    for kind, digest in locked:
+        if kind == Kind.DIRECTORY and (kind, digest) in roots:
             _mark_root(remote, digest)
     _push_records(remote, pushed, set(roots), stats)
     if run_cache:

@@ -29,6 +29,7 @@ from expfs.remote.config import RemoteConfig
 from expfs.store.lazy import clear_marks, lazy_mark, put_lazy_trees
 from expfs.store.objects import Store, new_hasher
 from expfs.store.trees import Digest, Kind, TreeFormatError, decode_tree, tree_digest
+from expfs.text import plural
 
 log = logging.getLogger(__name__)
 
@@ -101,24 +102,41 @@ class Stats:
     experiments: int = 0
     started: float = field(default_factory=time.monotonic)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    # Digests this command sent or found on the remote, so that an object
+    # shared by several roots is counted once.
+    counted: set[str] = field(default_factory=set, repr=False)
 
-    def add(self, size_bytes: int) -> None:
+    def add(self, size_bytes: int, digest: str | None = None) -> None:
         with self.lock:
             self.objects += 1
             self.size_bytes += size_bytes
+            if digest is not None:
+                self.counted.add(digest)
+
+    def add_present(self, digests: Iterable[str]) -> None:
+        """Count objects found on the remote that this command has not counted yet."""
+        with self.lock:
+            new = set(digests) - self.counted
+            self.present += len(new)
+            self.counted |= new
 
     def summary(self, verb: str, remote: str) -> str:
         elapsed = time.monotonic() - self.started
         line = (
-            f"{verb} {self.objects} objects ({_human(self.size_bytes)}) and "
-            f"{self.entries} run-cache entries, {remote}, in {elapsed:.2f} s; "
-            f"{self.present} objects and {self.entries_present} entries were "
-            "already there"
+            f"{verb} {plural(self.objects, 'object')} ({_human(self.size_bytes)}) "
+            f"and {plural(self.entries, 'run-cache entry', 'run-cache entries')}, "
+            f"{remote}, in {elapsed:.2f} s"
         )
+        if self.present or self.entries_present:
+            line += (
+                f"; {plural(self.present, 'object')} and "
+                f"{plural(self.entries_present, 'entry', 'entries')} were already there"
+            )
         if self.entries_skipped:
-            line += f"; {self.entries_skipped} entries skipped (see the warnings)"
+            skipped = plural(self.entries_skipped, "entry", "entries")
+            line += f"; {skipped} skipped (see the warnings)"
         if self.experiments:
-            line += f"; {verb} {self.experiments} experiment records"
+            line += f"; {verb} {plural(self.experiments, 'experiment record')}"
         return line
 
 
@@ -271,7 +289,8 @@ class Remote:
         progress = Progress("pushing", stats, total, self.show_progress)
 
         def uploaded(rel: str) -> None:
-            stats.add(os.path.getsize(store.blob_path(_digest_of(rel))))
+            digest = _digest_of(rel)
+            stats.add(os.path.getsize(store.blob_path(digest)), digest)
             progress.update()
 
         def upload_blobs(pending: list[str]) -> Batch:
@@ -290,7 +309,7 @@ class Remote:
                 )
             except RemoteFileExists:
                 pass
-            stats.add(len(data))
+            stats.add(len(data), digest)
             progress.update()
 
         try:
@@ -314,7 +333,7 @@ class Remote:
         trees_by_depth: list[list[str]] = []
         while level:
             present = self.has_objects(level)
-            stats.present += len(present)
+            stats.add_present(present)
             trees: list[str] = []
             below: dict[str, bool] = {}
             for digest, is_tree in sorted(level.items()):
@@ -363,10 +382,9 @@ class Remote:
             if idle_rounds >= ATTEMPTS:
                 raise error
             log.warning(
-                "%s %d objects on remote %s failed (%d left, attempt %d of %d), "
-                "retrying: %s",
+                "%s %s on remote %s failed (%d left, attempt %d of %d), retrying: %s",
                 verb,
-                len(rels),
+                plural(len(rels), "object"),
                 self.label,
                 len(pending),
                 idle_rounds + 1,

@@ -161,6 +161,8 @@ class Repro:
     out: TextIO = field(default_factory=lambda: sys.stdout)
 
     def __post_init__(self) -> None:
+        # Run keys whose restore failed in this command (and was logged once).
+        self._failed_restores: set[str] = set()
         self.runs = RunCache(self.store)
         self.root = Path(self.place.root)
         stage_path = self.root / self.stage_file
@@ -305,6 +307,9 @@ class Repro:
     def _try_restore(
         self, stage: Stage, inputs: _Inputs, started: float
     ) -> Outcome | None:
+        if inputs.key in self._failed_restores:
+            # The same damaged or unreachable objects would fail again.
+            return None
         # Outputs restored lazily count: the place fetches what it reads.
         record = self.runs.lookup(inputs.key, stage.name, lazy_ok=True)
         if record is None and not self.options.dry:
@@ -314,6 +319,7 @@ class Repro:
         if self.options.dry:
             return Outcome(stage.name, "would restore", reason="run-cache hit")
         if not self._restore(stage, record):
+            self._failed_restores.add(inputs.key)
             return None
         self._lock(stage, inputs, record.outputs)
         self.runs.count_restore(inputs.key)

@@ -36,7 +36,8 @@ class Report:
     bytes_checked: int = 0
     tmp_removed: int = 0
     reindexed: int = 0
-    # Blobs below lazy trees that are still only on a remote (not problems).
+    # Blobs restored lazily that are still only on a remote (not problems):
+    # below lazy trees, or single-file outputs with a mark of their own.
     lazy_blobs: int = 0
     problems: list[Problem] = field(default_factory=list)
 
@@ -119,8 +120,11 @@ def _check_trees(store: Store, report: Report, blobs: Collection[str]) -> None:
     breaks the rule that everything below a complete tree is stored.
     """
     trees: dict[str, bytes] = dict(store.iter_trees())
-    lazy = {d for d, mark in iter_marks(store) if mark.kind is Kind.DIRECTORY}
-    lazy_blobs: set[str] = set()
+    marks = dict(iter_marks(store))
+    lazy = {d for d, mark in marks.items() if mark.kind is Kind.DIRECTORY}
+    lazy_blobs = {
+        d for d, mark in marks.items() if mark.kind is Kind.FILE and d not in blobs
+    }
     where = f"{store.root}/index (trees)"
     for digest, data in trees.items():
         report.trees_checked += 1

@@ -41,6 +41,7 @@ from expfs.store.trees import (
     encode_tree,
     tree_digest,
 )
+from expfs.text import plural
 from expfs.workspace.data import CopyUp, UpperFiles, copy_file
 from expfs.workspace.errors import (
     AlreadyExists,
@@ -270,9 +271,9 @@ class Workspace:
                 self._drop_record(batch, ino)
             self._commit(batch)
             log.warning(
-                "workspace %s: removed %d inodes unlinked while open",
+                "workspace %s: removed %s unlinked while open",
                 self.name,
-                len(orphans),
+                plural(len(orphans), "inode"),
             )
         keep = set(self._upper_inos())
         removed = self.upper.remove_strays(keep)

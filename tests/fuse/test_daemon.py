@@ -134,6 +134,24 @@ def test_daemon_error_reaches_cli(mounted: Mount, tmp_path: Path) -> None:
     assert "mounting experiment e2 failed" in log
 
 
+def test_invalid_blob_source_reaches_caller(mounted: Mount, tmp_path: Path) -> None:
+    from expfs.fuse.mounts import MountError, start_mount
+
+    expfs(mounted.repo, "exp", "new", "e2")
+    store = open_store(str(mounted.store_root))
+    target = tmp_path / "mnt2"
+    for spec, reason in (
+        ("RemoteBlobSource", "give MODULE:NAME"),
+        ("no_such_module:Source", "No module named 'no_such_module'"),
+        ("os.path:no_such_name", "module os.path has no callable no_such_name"),
+    ):
+        with pytest.raises(MountError) as info:
+            start_mount(store, "e2", str(target), blob_source=spec)
+        assert f"invalid --blob-source {spec!r}" in info.value.message
+        assert reason in info.value.message
+        assert not is_mounted(target)
+
+
 def test_mount_unknown_experiment(mounted: Mount) -> None:
     proc = expfs(mounted.repo, "mount", "nope", check=False)
     assert proc.returncode != 0
