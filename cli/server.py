@@ -129,6 +129,7 @@ PRELOADED_MODULES = (
     "expfs.tree.gitsnap",
     "expfs.workspace",
     "expfs.remote.runs",
+    "expfs.remote.lazy",
     "rich.console",
     "rich.live",
     "rich.table",
