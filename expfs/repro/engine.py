@@ -31,6 +31,7 @@ from expfs.pipeline import Pipeline, Stage, build_dag, load_pipeline
 from expfs.pipeline.params import read_stage_params
 from expfs.pipeline.paths import check_inside
 from expfs.pipeline.runkey import stage_run_key
+from expfs.repro.busy import workspace_lock
 from expfs.repro.lockfile import LOCK_NAME, LockedStage, LockFile
 from expfs.repro.place import Place
 from expfs.runcache import LOG_TAIL_CHARS, OutputRecord, RunCache, RunRecord
@@ -196,6 +197,13 @@ class Repro:
         return [name for name in self.dag.order if name in chosen]
 
     def run(self, targets: Sequence[str] = ()) -> list[Outcome]:
+        """Run the selected stages, holding the workspace's lock unless `dry`."""
+        if self.options.dry:
+            return self._run_selected(targets)
+        with workspace_lock(self.place.state_dir, self.place.root):
+            return self._run_selected(targets)
+
+    def _run_selected(self, targets: Sequence[str]) -> list[Outcome]:
         outcomes: list[Outcome] = []
         failed: set[str] = set()
         for name in self.select(targets):
