@@ -111,8 +111,23 @@ def _repro(args: argparse.Namespace, **overrides: Any) -> Any:
 
 
 def cmd_repro(args: argparse.Namespace) -> int:
+    from expfs_cli.signals import exit_status, signal_of, stop_on_signals
+
     repro = _repro(args)
-    repro.run(args.targets)
+    try:
+        with stop_on_signals():
+            repro.run(args.targets)
+    except KeyboardInterrupt as exc:
+        from expfs.repro.engine import StageStopped
+
+        name = signal_of(exc).name
+        stage = repro.current_stage
+        if stage is None:
+            print(f"expfs: interrupted by {name} between stages", file=sys.stderr)
+        else:
+            message = StageStopped(stage).message
+            print(f"expfs: interrupted by {name}: {message}", file=sys.stderr)
+        return exit_status(exc)
     return 0
 
 

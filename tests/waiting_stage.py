@@ -79,13 +79,29 @@ def wait_until(condition: Callable[[], bool], timeout_s: float = 60.0) -> bool:
     return False
 
 
-def alive(pid: int) -> bool:
-    """Return whether process `pid` exists and is not a zombie."""
+def alive(pid: int, started: int | None = None) -> bool:
+    """Return whether process `pid` exists and is not a zombie.
+
+    With `started` (its start time, from `start_time`), a process that
+    reused the pid does not count.
+    """
     try:
         with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+            fields = f.read().rsplit(")", 1)[1].split()
     except FileNotFoundError:
         return False
+    if started is not None and int(fields[19]) != started:
+        return False
+    return fields[0] != "Z"
+
+
+def start_time(pid: int) -> int | None:
+    """Return the start time of process `pid` in clock ticks after boot, or None."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[19])
+    except FileNotFoundError:
+        return None
 
 
 def stage_started(root: Path) -> bool:
@@ -104,12 +120,20 @@ def end_stage(root: Path) -> None:
             pid = read_pid(root / name)
         except (FileNotFoundError, ValueError):
             continue
-        if alive(pid) and not wait_until(ended(pid), 10.0):
+        if alive(pid) and not wait_until(ended(pid), 10.0) and runs_in(pid, root):
             os.kill(pid, 9)
 
 
-def ended(pid: int) -> Callable[[], bool]:
-    return lambda: not alive(pid)
+def runs_in(pid: int, root: Path) -> bool:
+    """Return whether process `pid` works in folder `root`, as the stage's do."""
+    try:
+        return os.readlink(f"/proc/{pid}/cwd") == str(root.resolve())
+    except OSError:
+        return False
+
+
+def ended(pid: int, started: int | None = None) -> Callable[[], bool]:
+    return lambda: not alive(pid, started)
 
 
 def finish(proc: subprocess.Popen[str]) -> tuple[str, str]:

@@ -175,6 +175,11 @@ class Repro:
         self.lock = LockFile(str(stage_path.parent / LOCK_NAME))
         self._current: str | None = None
 
+    @property
+    def current_stage(self) -> str | None:
+        """The name of the stage being run, restored or skipped, if any."""
+        return self._current
+
     # -- selection -----------------------------------------------------------
 
     def select(self, targets: Sequence[str]) -> list[str]:
@@ -209,13 +214,13 @@ class Repro:
         for name in self.select(targets):
             if self.options.cancelled is not None and self.options.cancelled():
                 raise StageStopped(name)
-            self._current = name
             stage = self.dag.stages[name]
             if any(up in failed for up in self.dag.ancestors(name)):
                 outcomes.append(
                     Outcome(name, "skipped", reason="an upstream stage failed")
                 )
                 continue
+            self._current = name
             if self.options.on_stage is not None:
                 self.options.on_stage(name, "running")
             try:
@@ -226,6 +231,7 @@ class Repro:
                 failed.add(name)
                 outcome = Outcome(name, "failed")
             outcomes.append(outcome)
+            self._current = None
             self._report(outcome)
             if self.options.on_stage is not None:
                 self.options.on_stage(name, outcome.action)
