@@ -146,6 +146,9 @@ def test_failed_experiment_among_good_ones(project: Path) -> None:
     assert statuses == ["failed", "success", "success"]
     failed = next(name for name, e in experiments.items() if e.status == "failed")
     assert "lr must be positive" in run(project, "queue", "logs", failed).stdout
+    # The stage's stderr reaches expfs's stderr, prefixed by the experiment.
+    assert f"[{failed}] lr must be positive" in proc.stderr
+    assert "lr must be positive" not in proc.stdout
     assert "status 1" in experiments[failed].error
     assert experiments[failed].params == {"params.yaml": {"lr": -1, "depth": 2}}
     assert mounted_below(project) == []

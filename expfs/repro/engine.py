@@ -160,6 +160,8 @@ class Repro:
     stage_file: str = "dvc.yaml"
     options: Options = field(default_factory=Options)
     out: TextIO = field(default_factory=lambda: sys.stdout)
+    # Where the stages' stderr goes. Their stdout and repro's own lines go to `out`.
+    err: TextIO = field(default_factory=lambda: sys.stderr)
 
     def __post_init__(self) -> None:
         self.runs = RunCache(self.store)
@@ -423,34 +425,46 @@ class Repro:
         )
 
     def _run_command(self, command: str, cwd: Path, captured: list[str]) -> int:
+        """Run `command`, copying its stdout to `out` and its stderr to `err`.
+
+        `captured` gets the lines of both, in the order they were read.
+        """
         proc = subprocess.Popen(
             command,
             shell=True,
             cwd=cwd,
             stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
+            stderr=subprocess.PIPE,
             start_new_session=True,
             text=True,
             errors="replace",
         )
-        assert proc.stdout is not None
+        assert proc.stdout is not None and proc.stderr is not None
+        # One lock for both readers, because `out` and `err` may be one stream.
+        lock = threading.Lock()
 
-        def pump() -> None:
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                captured.append(line)
-                self.out.write(line)
-                self.out.flush()
+        def pump(source: TextIO, sink: TextIO) -> None:
+            for line in source:
+                with lock:
+                    captured.append(line)
+                    sink.write(line)
+                    sink.flush()
 
-        reader = threading.Thread(target=pump, daemon=True)
-        reader.start()
+        readers = [
+            threading.Thread(target=pump, args=(proc.stdout, self.out), daemon=True),
+            threading.Thread(target=pump, args=(proc.stderr, self.err), daemon=True),
+        ]
+        for reader in readers:
+            reader.start()
         try:
             status = self._wait(proc)
         except BaseException:
             stop_process_group(proc)
             raise
-        reader.join()
+        for reader in readers:
+            reader.join()
         proc.stdout.close()
+        proc.stderr.close()
         return status
 
     def _wait(self, proc: subprocess.Popen[str]) -> int:
