@@ -106,6 +106,19 @@ def test_reading_commands_run_beside_repro(checkout: Path) -> None:
     assert "stage 'slow': would run" in reads["repro --dry"].stdout
 
 
+def test_unprotect_fails_during_repro(checkout: Path) -> None:
+    first = hold(checkout)
+    try:
+        (checkout / "out.txt").write_text("written during the run\n")
+        unprotect = run_expfs(checkout, "unprotect", "out.txt")
+    finally:
+        end_stage(checkout)
+        finish(first)
+    assert unprotect.returncode == 1
+    assert "expfs repro -f slow" in unprotect.stderr
+    assert unprotect.stdout == ""
+
+
 def test_killed_repro_leaves_no_lock(checkout: Path) -> None:
     first = hold(checkout, EXPFS_NO_SERVER="1")
     try:
