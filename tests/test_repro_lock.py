@@ -119,6 +119,22 @@ def test_unprotect_fails_during_repro(checkout: Path) -> None:
     assert unprotect.stdout == ""
 
 
+@pytest.mark.parametrize(
+    "command", [["checkout"], ["exp", "apply", "e1"], ["exp", "apply", "--undo"]]
+)
+def test_checkout_writers_fail_during_repro(checkout: Path, command: list[str]) -> None:
+    assert run_expfs(checkout, "exp", "new", "e1").returncode == 0
+    first = hold(checkout)
+    try:
+        writer = run_expfs(checkout, *command)
+    finally:
+        end_stage(checkout)
+        finish(first)
+    assert writer.returncode == 1
+    assert "expfs repro -f slow" in writer.stderr
+    assert writer.stdout == ""
+
+
 def test_killed_repro_leaves_no_lock(checkout: Path) -> None:
     first = hold(checkout, EXPFS_NO_SERVER="1")
     try:

@@ -1,11 +1,12 @@
 """One writing command at a time per workspace, through an flock.
 
 Each workspace has a lock file in its private state, where Git does not
-track it and a mount's snapshot does not see it: `.expfs/repro.lock` for a
-plain checkout, `.expfs/workspaces/NAME/repro.lock` for a mounted
-experiment. A command that writes in the workspace (`repro`, `unprotect`)
-takes it with `flock(LOCK_EX | LOCK_NB)` and fails at once when another
-process holds it. The kernel releases an flock when its holder exits, even
+track it and a mount's snapshot does not see it. It is `.expfs/repro.lock`
+for a plain checkout and `.expfs/workspaces/NAME/repro.lock` for a mounted
+experiment. A worktree outside the repository keeps it in its Git folder. A
+command that writes in the workspace (`repro`, `unprotect`, `checkout`,
+`exp apply`) takes it with `flock(LOCK_EX | LOCK_NB)` and fails at once
+when another process holds it. The kernel releases an flock when its holder exits, even
 by SIGKILL, so a lock is never left stale. The file's text (pid, command,
 start time) only names the holder in the error.
 """
@@ -32,6 +33,26 @@ MAX_HOLDER_BYTES = 4096
 
 class WorkspaceBusy(ExpfsError):
     """Another process holds the workspace's lock."""
+
+
+def checkout_state_dir(store_root: str, worktree: str) -> str:
+    """Return the folder for the lock of Git checkout `worktree`.
+
+    That is the store itself for the checkout that contains it, and the
+    worktree's own Git folder for a worktree elsewhere (`exp promote
+    --worktree`), which has no `.expfs/`.
+    """
+    if os.path.realpath(os.path.dirname(store_root)) == os.path.realpath(worktree):
+        return store_root
+    import subprocess
+
+    proc = subprocess.run(
+        ["git", "-C", worktree, "rev-parse", "--absolute-git-dir"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return proc.stdout.strip()
 
 
 def current_command() -> str:
