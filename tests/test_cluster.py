@@ -354,7 +354,7 @@ def test_cluster_kill_stops_on_worker(cluster: Cluster, project: Path) -> None:
 @pytest.mark.parametrize(
     "signum", [signal.SIGINT, signal.SIGTERM], ids=lambda s: signal.Signals(s).name
 )
-def test_cluster_ctrl_c_stops_on_worker(
+def test_cluster_signal_stops_on_worker(
     cluster: Cluster, project: Path, signum: int
 ) -> None:
     # The cluster's command log is shared by the module, so each signal's
