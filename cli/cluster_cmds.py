@@ -24,6 +24,7 @@ def cmd_exp_run_cluster(args: argparse.Namespace) -> int:
     from expfs.errors import UsageError
     from expfs.store.repo import store_for
     from expfs_cli.run_cmds import _check_jobs, _summary
+    from expfs_cli.signals import exit_status, signal_of, stop_on_signals
 
     _check_jobs(args.jobs)
     for flag, given in (("--queue", args.queue), ("--keep-mounted", args.keep_mounted)):
@@ -34,13 +35,19 @@ def cmd_exp_run_cluster(args: argparse.Namespace) -> int:
             )
     store = store_for(".")
     try:
-        experiments = run_on_cluster(
-            store, args.overrides, address=args.cluster, name=args.name, jobs=args.jobs
-        )
-    except KeyboardInterrupt:
+        with stop_on_signals():
+            experiments = run_on_cluster(
+                store,
+                args.overrides,
+                address=args.cluster,
+                name=args.name,
+                jobs=args.jobs,
+            )
+    except KeyboardInterrupt as exc:
         print(
-            "expfs: interrupted: experiments running on the cluster were stopped",
+            f"expfs: interrupted by {signal_of(exc).name}: experiments running on "
+            "the cluster were stopped",
             file=sys.stderr,
         )
-        return 130
+        return exit_status(exc)
     return _summary(experiments)

@@ -116,9 +116,11 @@ def main(
     except ExpfsError as exc:
         print(f"expfs: error: {exc.message}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        from expfs_cli.signals import exit_status
+
         print("expfs: interrupted", file=sys.stderr)
-        return 130
+        return exit_status(exc)
     except BrokenPipeError:
         # The reader of our output went away (`expfs ls | head`).
         devnull = os.open(os.devnull, os.O_WRONLY)

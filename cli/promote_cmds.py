@@ -7,6 +7,7 @@ which `exp_cmds` calls; `checkout` and `gc` are top-level commands.
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 
 from expfs.text import plural
@@ -212,15 +213,18 @@ def cmd_promote(args: argparse.Namespace) -> int:
 def cmd_apply(args: argparse.Namespace) -> int:
     from expfs.errors import UsageError
     from expfs.gitio import apply, undo_apply
+    from expfs.repro.busy import workspace_lock
 
     store = _store()
-    if args.undo is not None:
-        backup, paths = undo_apply(store, args.undo or None)
-        print(f"restored {plural(len(paths), 'path')} from backup {backup}")
-        return 0
-    if not args.name:
+    if args.undo is None and not args.name:
         raise UsageError("give the experiment to apply: `expfs exp apply NAME`")
-    result = apply(store, args.name, force=args.force, current=args.current)
+    # Both write in the checkout that contains the store.
+    with workspace_lock(store.root, os.path.dirname(store.root)):
+        if args.undo is not None:
+            backup, paths = undo_apply(store, args.undo or None)
+            print(f"restored {plural(len(paths), 'path')} from backup {backup}")
+            return 0
+        result = apply(store, args.name, force=args.force, current=args.current)
     if not result.written:
         print(
             f"nothing to apply: the working tree has experiment {args.name}'s changes"
@@ -239,9 +243,12 @@ def cmd_apply(args: argparse.Namespace) -> int:
 def cmd_checkout(args: argparse.Namespace) -> int:
     from expfs.errors import ExpfsError
     from expfs.gitio import checkout, store_for_worktree
+    from expfs.repro.busy import checkout_state_dir, workspace_lock
 
     store, worktree = store_for_worktree(".")
-    result = checkout(store, worktree, link=args.link)
+    state_dir = checkout_state_dir(store.root, worktree)
+    with workspace_lock(state_dir, worktree):
+        result = checkout(store, worktree, link=args.link)
     print(
         f"restored {plural(len(result.restored), 'output')}, "
         f"{len(result.unchanged)} already up to date"

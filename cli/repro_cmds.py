@@ -70,7 +70,17 @@ def register(sub: Any) -> None:
         "linked to the store with private writable copies, as `dvc unprotect` "
         "does, so that writing to them cannot change stored content.",
     )
-    p.add_argument("paths", nargs="+", metavar="PATH", help="files or folders")
+    p.add_argument(
+        "paths",
+        nargs="+",
+        metavar="PATH",
+        help="outputs of stages, or files or folders inside them",
+    )
+    p.add_argument(
+        "--file",
+        help="stage file that declares the outputs (default: the dvc.yaml of the "
+        "current folder or of its nearest parent)",
+    )
     p.set_defaults(handler=cmd_unprotect)
 
     p = sub.add_parser("status", help="list the stages that are out of date, and why")
@@ -111,23 +121,66 @@ def _repro(args: argparse.Namespace, **overrides: Any) -> Any:
 
 
 def cmd_repro(args: argparse.Namespace) -> int:
+    from expfs_cli.signals import exit_status, signal_of, stop_on_signals
+
     repro = _repro(args)
-    repro.run(args.targets)
+    try:
+        with stop_on_signals():
+            repro.run(args.targets)
+    except KeyboardInterrupt as exc:
+        from expfs.repro.engine import StageStopped
+
+        name = signal_of(exc).name
+        stage = repro.current_stage
+        if stage is None:
+            print(f"expfs: interrupted by {name} between stages", file=sys.stderr)
+        else:
+            message = StageStopped(stage).message
+            print(f"expfs: interrupted by {name}: {message}", file=sys.stderr)
+        return exit_status(exc)
     return 0
 
 
 def cmd_unprotect(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from expfs.errors import UsageError
-    from expfs.repro.checkout import unprotect
+    from expfs.pipeline import load_pipeline
+    from expfs.repro.busy import workspace_lock
+    from expfs.repro.checkout import check_unprotect_paths, unprotect
+    from expfs.repro.place import place_for
     from expfs.store.repo import store_for
 
     store = store_for(".")
-    for path in args.paths:
-        if not os.path.lexists(path):
-            raise UsageError(f"{path} not found: give an output's file or folder")
-        count = unprotect(store, path)
-        print(f"{path}: {count} linked file(s) replaced by writable copies")
+    place = place_for(store, os.getcwd())
+    stage_file = args.file or _nearest_stage_file(place.root)
+    if not os.path.exists(stage_file):
+        raise UsageError(
+            f"{stage_file} not found: unprotect changes only the outputs that a "
+            "stage file declares; run it where dvc.yaml is, or give --file"
+        )
+    pipeline = load_pipeline(Path(os.path.abspath(stage_file)), Path(place.root))
+    outputs = {
+        out.workspace_path for stage in pipeline.stages.values() for out in stage.outs
+    }
+    check_unprotect_paths(place.root, outputs, args.paths, stage_file)
+    with workspace_lock(place.state_dir, place.root):
+        for path in args.paths:
+            count = unprotect(store, path)
+            print(f"{path}: {count} linked file(s) replaced by writable copies")
     return 0
+
+
+def _nearest_stage_file(root: str) -> str:
+    """Return the dvc.yaml of the current folder or of its nearest parent inside `root`."""
+    here = os.getcwd()
+    while True:
+        candidate = os.path.join(here, "dvc.yaml")
+        if os.path.exists(candidate):
+            return os.path.relpath(candidate)
+        if os.path.realpath(here) == os.path.realpath(root) or here == "/":
+            return "dvc.yaml"
+        here = os.path.dirname(here)
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -135,6 +135,7 @@ def _summary(experiments: list[Any]) -> int:
 def cmd_exp_run(args: argparse.Namespace) -> int:
     from expfs.store.repo import store_for
     from expfs.sweep import run_experiments
+    from expfs_cli.signals import stop_on_signals
 
     if args.cluster is not None:
         from expfs_cli.cluster_cmds import cmd_exp_run_cluster
@@ -143,24 +144,35 @@ def cmd_exp_run(args: argparse.Namespace) -> int:
     _check_jobs(args.jobs)
     store = store_for(".")
     try:
-        experiments = run_experiments(
-            store,
-            args.overrides,
-            name=args.name,
-            jobs=args.jobs,
-            queue=args.queue,
-            keep_mounted=args.keep_mounted,
-            no_remote=args.no_remote,
-            max_experiments=args.max_experiments,
-        )
-    except KeyboardInterrupt:
-        print("expfs: interrupted: running experiments were stopped", file=sys.stderr)
-        return 130
+        with stop_on_signals():
+            experiments = run_experiments(
+                store,
+                args.overrides,
+                name=args.name,
+                jobs=args.jobs,
+                queue=args.queue,
+                keep_mounted=args.keep_mounted,
+                no_remote=args.no_remote,
+                max_experiments=args.max_experiments,
+            )
+    except KeyboardInterrupt as exc:
+        return _report_stop(exc)
     if args.queue:
         for e in experiments:
             print(f"queued {e.name} ({', '.join(e.overrides) or 'no overrides'})")
         return 0
     return _summary(experiments)
+
+
+def _report_stop(exc: KeyboardInterrupt) -> int:
+    from expfs_cli.signals import exit_status, signal_of
+
+    name = signal_of(exc).name
+    print(
+        f"expfs: interrupted by {name}: running experiments were stopped",
+        file=sys.stderr,
+    )
+    return exit_status(exc)
 
 
 def cmd_exp_kill(args: argparse.Namespace) -> int:
@@ -181,14 +193,15 @@ def cmd_exp_kill(args: argparse.Namespace) -> int:
 def cmd_queue_start(args: argparse.Namespace) -> int:
     from expfs.store.repo import store_for
     from expfs.sweep import start_queue
+    from expfs_cli.signals import stop_on_signals
 
     _check_jobs(args.jobs)
     store = store_for(".")
     try:
-        experiments = start_queue(store, args.jobs)
-    except KeyboardInterrupt:
-        print("expfs: interrupted: running experiments were stopped", file=sys.stderr)
-        return 130
+        with stop_on_signals():
+            experiments = start_queue(store, args.jobs)
+    except KeyboardInterrupt as exc:
+        return _report_stop(exc)
     if not experiments:
         print("no queued experiments")
         return 0

@@ -386,6 +386,8 @@ class Runner:
     echo: TextIO | None = sys.stdout
     stop_event: threading.Event | None = None
     no_remote: bool = False
+    # Where the stages' stderr is echoed, prefixed, when `echo` gets their stdout.
+    echo_errors: TextIO = field(default_factory=lambda: sys.stderr)
 
     def __post_init__(self) -> None:
         self.stop_event = self.stop_event or threading.Event()
@@ -504,6 +506,8 @@ class Runner:
         with open(run_log_path(self.store, name), "w") as log_file:
             echo = None if self.live else self.echo
             output = _PrefixedOutput(name, log_file, echo, self.echo_lock)
+            echo_errors = None if echo is None else self.echo_errors
+            errors = _PrefixedOutput(name, log_file, echo_errors, self.echo_lock)
             mountpoint = None
             try:
                 mountpoint = start_mount(
@@ -513,7 +517,7 @@ class Runner:
                     gitdir=experiment.gitdir or None,
                     blob_source=BLOB_SOURCE,
                 )
-                self._run_in_mount(experiment, mountpoint, output, changes)
+                self._run_in_mount(experiment, mountpoint, output, errors, changes)
                 status = STATUS_SUCCESS
             except StageStopped as exc:
                 status, error = STATUS_STOPPED, exc.message
@@ -566,6 +570,7 @@ class Runner:
         experiment: Experiment,
         mountpoint: str,
         output: _PrefixedOutput,
+        errors: _PrefixedOutput,
         changes: dict[str, Any],
     ) -> None:
         """Run the pipeline in the mount; put params, metrics and result in `changes`."""
@@ -587,7 +592,13 @@ class Runner:
                 fsync_lock=False,
             )
             try:
-                repro = Repro(self.store, place, options=options, out=output)  # type: ignore[arg-type]
+                repro = Repro(
+                    self.store,
+                    place,
+                    options=options,
+                    out=output,  # type: ignore[arg-type]
+                    err=errors,  # type: ignore[arg-type]
+                )
             except BaseException:
                 changes["params"] = collect_params(None, Path(mountpoint))
                 raise

@@ -351,9 +351,17 @@ def test_cluster_kill_stops_on_worker(cluster: Cluster, project: Path) -> None:
     assert mounts_below(cluster.tmpdir) == []
 
 
-def test_cluster_ctrl_c_stops_on_worker(cluster: Cluster, project: Path) -> None:
+@pytest.mark.parametrize(
+    "signum", [signal.SIGINT, signal.SIGTERM], ids=lambda s: signal.Signals(s).name
+)
+def test_cluster_signal_stops_on_worker(
+    cluster: Cluster, project: Path, signum: int
+) -> None:
+    # The cluster's command log is shared by the module, so each signal's
+    # sweep gets its own depth.
+    depth = 30 + signum
     sweep = subprocess.Popen(
-        [*EXPFS, "exp", "run", "-S", "+sleep=120", "-S", "depth=17"]
+        [*EXPFS, "exp", "run", "-S", "+sleep=120", "-S", f"depth={depth}"]
         + ["--cluster", cluster.address],
         cwd=project,
         stdout=subprocess.PIPE,
@@ -361,14 +369,14 @@ def test_cluster_ctrl_c_stops_on_worker(cluster: Cluster, project: Path) -> None
         text=True,
     )
     try:
-        wait_for_command(cluster, "0.1 17")
-        sweep.send_signal(signal.SIGINT)
+        wait_for_command(cluster, f"0.1 {depth}")
+        sweep.send_signal(signum)
         output, _ = sweep.communicate(timeout=60)
     finally:
         if sweep.poll() is None:
             sweep.kill()
             sweep.wait()
-    assert sweep.returncode == 130, output
+    assert sweep.returncode == 128 + signum, output
     (experiment,) = records(project).values()
     assert experiment.status == "stopped"  # type: ignore[attr-defined]
     assert mounts_below(cluster.tmpdir) == []

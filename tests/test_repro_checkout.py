@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import shlex
 import subprocess
 import sys
 import textwrap
@@ -301,3 +302,36 @@ def test_lock_marks_uncached_metrics(store: Store, repo: Path) -> None:
     outcomes = repro(store, repo)
     assert outcomes["evaluate"].action == "restored"
     assert '"score": 0.5' in (repo / "metrics.json").read_text()
+
+
+STREAMS_STAGE = """\
+stages:
+  s:
+    cmd: echo to-stdout && echo to-stderr >&2 && echo x > o
+    deps: [README]
+    outs: [o]
+"""
+
+
+@pytest.mark.parametrize("served", [False, True], ids=["own process", "served"])
+def test_stage_streams_stay_apart(
+    store: Store, repo: Path, tmp_path: Path, served: bool
+) -> None:
+    (repo / "dvc.yaml").write_text(STREAMS_STAGE)
+    errors = tmp_path / "errors.txt"
+    env = {**os.environ}
+    if not served:
+        env["EXPFS_NO_SERVER"] = "1"
+    command = f"{shlex.join([sys.executable, '-m', 'expfs', 'repro'])} 2> {errors}"
+    proc = subprocess.run(
+        command, shell=True, cwd=repo, env=env, stdout=subprocess.PIPE, text=True
+    )
+    assert proc.returncode == 0, errors.read_text()
+    assert "to-stdout" in proc.stdout
+    assert "to-stderr" not in proc.stdout
+    assert "to-stderr" in errors.read_text()
+    assert "to-stdout" not in errors.read_text()
+    records = list(RunCache(store))
+    assert len(records) == 1
+    assert "to-stdout" in records[0].log
+    assert "to-stderr" in records[0].log

@@ -272,3 +272,64 @@ def test_unprivileged_write_to_hardlink_denied(
     assert "Permission denied" in done.stderr
     assert Path(blob).read_bytes() == before
     assert fsck(store).ok
+
+
+def unprotect_cli(cwd: Path, *paths: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "expfs_cli.main", "unprotect", *paths],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+    )
+
+
+def linked_state(root: Path) -> dict[str, tuple[int, int]]:
+    """Return {path: (inode, link count)} of every file under `root` but .expfs/."""
+    found = {}
+    for path in sorted(root.rglob("*")):
+        if ".expfs" in path.relative_to(root).parts or not path.is_file():
+            continue
+        st = os.lstat(path)
+        found[str(path.relative_to(root))] = (st.st_ino, st.st_nlink)
+    return found
+
+
+@pytest.mark.parametrize(
+    "given",
+    ["params.yaml", "runs.log", "../outside.txt", "OUTSIDE", "data/../prepare.py"],
+)
+def test_unprotect_rejects_non_outputs(
+    store: Store, repo: Path, tmp_path: Path, given: str
+) -> None:
+    flip_back(store, repo, "hardlink")
+    outside = tmp_path / "outside.txt"
+    outside.write_text("not in the project\n")
+    path = str(outside) if given == "OUTSIDE" else given
+    before = linked_state(repo)
+    done = unprotect_cli(repo, "data", path)
+    assert done.returncode == 2
+    assert path in done.stderr
+    assert "expfs stage list" in done.stderr
+    assert done.stdout == ""
+    assert linked_state(repo) == before
+    assert outside.read_text() == "not in the project\n"
+
+
+def test_unprotect_rejects_symlink_out(
+    store: Store, repo: Path, tmp_path: Path
+) -> None:
+    flip_back(store, repo, "hardlink")
+    (tmp_path / "elsewhere").mkdir()
+    (repo / "data" / "escape").symlink_to(tmp_path / "elsewhere")
+    done = unprotect_cli(repo, "data/escape")
+    assert done.returncode == 2
+    assert "data/escape" in done.stderr
+    assert "outside" in done.stderr
+
+
+def test_unprotect_accepts_file_inside_output(store: Store, repo: Path) -> None:
+    flip_back(store, repo, "hardlink")
+    done = unprotect_cli(repo / "data", "part1.txt")
+    assert done.returncode == 0, done.stderr
+    assert os.stat(repo / "data" / "part1.txt").st_nlink == 1
+    assert os.stat(repo / "data" / "part2.txt").st_nlink > 1

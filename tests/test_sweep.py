@@ -151,6 +151,9 @@ def test_failed_experiment_among_good_ones(project: Path) -> None:
     assert statuses == ["failed", "success", "success"]
     failed = next(name for name, e in experiments.items() if e.status == "failed")
     assert "lr must be positive" in run(project, "queue", "logs", failed).stdout
+    # The stage's stderr reaches expfs's stderr, prefixed by the experiment.
+    assert f"[{failed}] lr must be positive" in proc.stderr
+    assert "lr must be positive" not in proc.stdout
     assert "status 1" in experiments[failed].error
     assert experiments[failed].params == {"params.yaml": {"lr": -1, "depth": 2}}
     assert mounted_below(project) == []
@@ -282,9 +285,13 @@ def test_malformed_stage_file_creates_nothing(project: Path) -> None:
 
 
 def interrupt_sweep(
-    project: Path, counter: Path, args: list[str], env: dict[str, str]
+    project: Path,
+    counter: Path,
+    args: list[str],
+    env: dict[str, str],
+    signum: int = signal.SIGINT,
 ) -> None:
-    """Start `exp run ARGS`, wait until two stages log to `counter`, then send SIGINT."""
+    """Start `exp run ARGS`, wait until two stages log to `counter`, then send `signum`."""
     runner = subprocess.Popen(
         [*EXPFS, "exp", "run", *args],
         cwd=project,
@@ -300,15 +307,22 @@ def interrupt_sweep(
                 break
             time.sleep(0.1)
         assert len(counter.read_text().splitlines()) == 2, "two stages never started"
-        runner.send_signal(signal.SIGINT)
-        assert runner.wait(timeout=60) == 130
+        runner.send_signal(signum)
+        assert runner.wait(timeout=60) == 128 + signum
     finally:
         if runner.poll() is None:
             os.killpg(runner.pid, signal.SIGKILL)
             runner.wait()
 
 
-def test_interrupt_stops_whole_sweep(project: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "signum",
+    [signal.SIGINT, signal.SIGTERM, signal.SIGHUP],
+    ids=lambda s: signal.Signals(s).name,
+)
+def test_interrupt_stops_whole_sweep(
+    project: Path, tmp_path: Path, signum: int
+) -> None:
     counter = tmp_path / "counter.txt"
     pids = tmp_path / "pids.txt"
     env = {
@@ -317,7 +331,8 @@ def test_interrupt_stops_whole_sweep(project: Path, tmp_path: Path) -> None:
         "SWEEP_COUNTER": str(counter),
         "SWEEP_PIDS": str(pids),
     }
-    interrupt_sweep(project, counter, ["-S", "depth=11,12,13", "-j", "2"], env)
+    args = ["-S", "depth=11,12,13", "-j", "2"]
+    interrupt_sweep(project, counter, args, env, signum)
     statuses = sorted(e.status for e in show(project).values())
     assert statuses == ["stopped", "stopped", "stopped"]
     assert json.loads(run(project, "runs", "--json").stdout) == []

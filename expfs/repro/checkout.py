@@ -32,7 +32,7 @@ import logging
 import os
 import threading
 import tomllib
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -305,6 +305,36 @@ def unprotect(store: Store, path: str) -> int:
         CheckoutWriter(store, ("copy",))._copy(job)
         os.rename(temp, file_path)
     return len(linked)
+
+
+def check_unprotect_paths(
+    root: str, outputs: Collection[str], paths: Sequence[str], stage_file: str
+) -> None:
+    """Raise UsageError unless each of `paths` lies inside one of `outputs`.
+
+    `outputs` are the declared outputs' paths relative to the workspace
+    `root`, and `paths` are given relative to the current folder. A path
+    must also stay inside `root` once its symlinks are resolved.
+    """
+    how = "`expfs stage list` lists each stage's outputs"
+    real_root = os.path.realpath(root)
+    for path in paths:
+        if not os.path.lexists(path):
+            raise UsageError(f"{path} not found: give an output's file or folder")
+        relative = os.path.relpath(os.path.abspath(path), root)
+        real = os.path.realpath(path)
+        if relative.split(os.sep)[0] == ".." or (
+            real != real_root and not real.startswith(real_root + os.sep)
+        ):
+            raise UsageError(
+                f"{path} is outside the project {root}: unprotect changes only "
+                f"outputs of its stages, and {how}"
+            )
+        if not any(relative == o or relative.startswith(o + "/") for o in outputs):
+            raise UsageError(
+                f"{path} is not an output of any stage in {stage_file}: unprotect "
+                f"changes only outputs, and {how}"
+            )
 
 
 def _walk(root: bytes) -> dict[bytes, os.stat_result]:

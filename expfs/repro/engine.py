@@ -31,6 +31,7 @@ from expfs.pipeline import Pipeline, Stage, build_dag, load_pipeline
 from expfs.pipeline.params import read_stage_params
 from expfs.pipeline.paths import check_inside
 from expfs.pipeline.runkey import stage_run_key
+from expfs.repro.busy import workspace_lock
 from expfs.repro.lockfile import LOCK_NAME, LockedStage, LockFile
 from expfs.repro.place import Place
 from expfs.runcache import LOG_TAIL_CHARS, OutputRecord, RunCache, RunRecord
@@ -159,6 +160,8 @@ class Repro:
     stage_file: str = "dvc.yaml"
     options: Options = field(default_factory=Options)
     out: TextIO = field(default_factory=lambda: sys.stdout)
+    # Where the stages' stderr goes. Their stdout and repro's own lines go to `out`.
+    err: TextIO = field(default_factory=lambda: sys.stderr)
 
     def __post_init__(self) -> None:
         # Run keys whose restore failed in this command (and was logged once).
@@ -175,6 +178,11 @@ class Repro:
         self.dag = build_dag(self.pipeline.stages.values(), str(stage_path))
         self.lock = LockFile(str(stage_path.parent / LOCK_NAME))
         self._current: str | None = None
+
+    @property
+    def current_stage(self) -> str | None:
+        """The name of the stage being run, restored or skipped, if any."""
+        return self._current
 
     # -- selection -----------------------------------------------------------
 
@@ -198,18 +206,25 @@ class Repro:
         return [name for name in self.dag.order if name in chosen]
 
     def run(self, targets: Sequence[str] = ()) -> list[Outcome]:
+        """Run the selected stages, holding the workspace's lock unless `dry`."""
+        if self.options.dry:
+            return self._run_selected(targets)
+        with workspace_lock(self.place.state_dir, self.place.root):
+            return self._run_selected(targets)
+
+    def _run_selected(self, targets: Sequence[str]) -> list[Outcome]:
         outcomes: list[Outcome] = []
         failed: set[str] = set()
         for name in self.select(targets):
             if self.options.cancelled is not None and self.options.cancelled():
                 raise StageStopped(name)
-            self._current = name
             stage = self.dag.stages[name]
             if any(up in failed for up in self.dag.ancestors(name)):
                 outcomes.append(
                     Outcome(name, "skipped", reason="an upstream stage failed")
                 )
                 continue
+            self._current = name
             if self.options.on_stage is not None:
                 self.options.on_stage(name, "running")
             try:
@@ -220,6 +235,7 @@ class Repro:
                 failed.add(name)
                 outcome = Outcome(name, "failed")
             outcomes.append(outcome)
+            self._current = None
             self._report(outcome)
             if self.options.on_stage is not None:
                 self.options.on_stage(name, outcome.action)
@@ -415,34 +431,46 @@ class Repro:
         )
 
     def _run_command(self, command: str, cwd: Path, captured: list[str]) -> int:
+        """Run `command`, copying its stdout to `out` and its stderr to `err`.
+
+        `captured` gets the lines of both, in the order they were read.
+        """
         proc = subprocess.Popen(
             command,
             shell=True,
             cwd=cwd,
             stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
+            stderr=subprocess.PIPE,
             start_new_session=True,
             text=True,
             errors="replace",
         )
-        assert proc.stdout is not None
+        assert proc.stdout is not None and proc.stderr is not None
+        # One lock for both readers, because `out` and `err` may be one stream.
+        lock = threading.Lock()
 
-        def pump() -> None:
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                captured.append(line)
-                self.out.write(line)
-                self.out.flush()
+        def pump(source: TextIO, sink: TextIO) -> None:
+            for line in source:
+                with lock:
+                    captured.append(line)
+                    sink.write(line)
+                    sink.flush()
 
-        reader = threading.Thread(target=pump, daemon=True)
-        reader.start()
+        readers = [
+            threading.Thread(target=pump, args=(proc.stdout, self.out), daemon=True),
+            threading.Thread(target=pump, args=(proc.stderr, self.err), daemon=True),
+        ]
+        for reader in readers:
+            reader.start()
         try:
             status = self._wait(proc)
         except BaseException:
             stop_process_group(proc)
             raise
-        reader.join()
+        for reader in readers:
+            reader.join()
         proc.stdout.close()
+        proc.stderr.close()
         return status
 
     def _wait(self, proc: subprocess.Popen[str]) -> int:

@@ -28,6 +28,9 @@ class Place(Protocol):
     # True when blobs may stay on the remote until a file is opened (a
     # mount); False when `put` needs them in the store (a checkout).
     lazy_restore: bool
+    # The folder of the workspace's private state, which Git does not track
+    # and a mount's snapshot does not see. The workspace's lock file is there.
+    state_dir: str
 
     def digest_of(self, path: str) -> tuple[Kind, Digest] | None:
         """Return the kind and digest of `path`, or None when it is absent."""
@@ -68,6 +71,7 @@ class CheckoutPlace:
 
         self.store = store
         self.root = os.path.abspath(root)
+        self.state_dir = store.root
         self.link_types = tuple(link_types or configured_link_types(store))
 
     def _abs(self, path: str) -> str:
@@ -136,9 +140,12 @@ class DaemonPlace:
     lazy_restore = True
 
     def __init__(self, store: Store, root: str, client: ControlClientLike) -> None:
+        from expfs.store import layout
+
         self.store = store
         self.root = os.path.abspath(root)
         self.client = client
+        self.state_dir = os.path.join(store.root, layout.WORKSPACES_DIR, client.name)
 
     def digest_of(self, path: str) -> tuple[Kind, Digest] | None:
         target = os.path.join(self.root, path)
@@ -174,6 +181,9 @@ class DaemonPlace:
 
 class ControlClientLike(Protocol):
     """The requests `DaemonPlace` sends to a mount daemon."""
+
+    # The name of the experiment whose workspace the daemon serves.
+    name: str
 
     def digest_of(self, path: bytes) -> Digest: ...
 

@@ -11,7 +11,10 @@ Folders under the store root (`<repo>/.expfs/`):
     index/            the shared LMDB environment (data.mdb, lock.mdb)
     tmp/              blobs being written; a crash can leave files here,
                       and `expfs fsck` removes those older than a day
-    workspaces/NAME/  one experiment's own LMDB environment and upper files
+    workspaces/NAME/  one experiment's own LMDB environment and upper files,
+                      and repro.lock, which a command writing in its mount
+                      holds with flock (see `expfs.repro.busy`)
+    repro.lock        the same lock for the checkout itself
     run/              control sockets of running daemons (mode 0700)
     logs/             one log file per daemon
     mnt/              default mount points
