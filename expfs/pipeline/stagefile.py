@@ -9,6 +9,7 @@ fields. Every error names the file and line, the stage and the value.
 
 from __future__ import annotations
 
+import posixpath
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +29,7 @@ from expfs.pipeline.params import (
     parse_key,
     read_params,
 )
-from expfs.pipeline.paths import workspace_path
+from expfs.pipeline.paths import is_within, workspace_path
 from expfs.pipeline.stage import (
     FOREACH_FIELDS,
     MATRIX_FIELD,
@@ -99,6 +100,32 @@ def load_pipeline(
 
         build_dag(pipeline.stages.values(), stage_file=str(stage_file))
     return pipeline
+
+
+# Folders that hold Git's and the tools' own state, at any depth.
+RESERVED_FOLDERS = (".git", ".expfs", ".dvc")
+# Files beside the stage file that the tools read and write.
+RESERVED_FILES = ("dvc.yaml", "dvc.lock", "expfs.lock")
+
+
+def reserved_reason(location: str, base_dir: str) -> str | None:
+    """Say why workspace path `location` cannot be an output, or return None.
+
+    Outputs are removed before their stage runs, so an output that is or
+    contains Git's folder, the store, or the stage and lock files would
+    delete them.
+    """
+    parts = location.split("/")
+    for name in RESERVED_FOLDERS:
+        if name in parts:
+            return (
+                f"'{name}' or a path inside it, which holds the state of Git or a tool"
+            )
+    for name in RESERVED_FILES:
+        beside = posixpath.normpath(posixpath.join(base_dir or ".", name))
+        if is_within(beside, location):
+            return f"'{beside}' or a folder that contains it, a stage or lock file"
+    return None
 
 
 def _pipeline_dir(stage_file: Path, workspace: Path) -> str:
@@ -571,6 +598,13 @@ class _StageFields:
             raise PathOutsideWorkspace(
                 f"{self.where(sub_path)}: stage '{self.name}': output '{path}' "
                 "is the whole workspace; name a file or folder inside it"
+            )
+        reserved = reserved_reason(location, self.builder.base_dir)
+        if reserved is not None:
+            raise self.fail(
+                sub_path,
+                f"output '{path}' is {reserved}. A run deletes its outputs "
+                "first, so name a file or folder that only this stage writes",
             )
         options = {
             key: value

@@ -38,6 +38,7 @@ from expfs.runcache import LOG_TAIL_CHARS, OutputRecord, RunCache, RunRecord
 from expfs.store import layout
 from expfs.store.objects import Store
 from expfs.store.trees import Digest, Kind
+from expfs.text import plural
 
 log = logging.getLogger(__name__)
 
@@ -390,9 +391,10 @@ class Repro:
     def _execute(
         self, stage: Stage, inputs: _Inputs, no_cache_reason: str, started: float
     ) -> Outcome:
-        for out in stage.outs:
-            if not out.persist:
-                self.place.remove(out.workspace_path)
+        removed = [out.workspace_path for out in stage.outs if not out.persist]
+        self._refuse_tracked(stage, removed)
+        for path in removed:
+            self.place.remove(path)
         wall_started = time.time()
         captured: list[str] = []
         cwd = self.root / stage.workspace_wdir
@@ -430,6 +432,32 @@ class Repro:
             stage.name, "ran", duration, run_key=inputs.key, log="".join(captured)
         )
 
+    def _refuse_tracked(self, stage: Stage, paths: list[str]) -> None:
+        """Raise UsageError when Git tracks one of `paths`, which a run would delete.
+
+        DVC refuses such outputs too. Outside a Git repository nothing is
+        tracked, so nothing is refused.
+        """
+        if not paths:
+            return
+        proc = subprocess.run(
+            ["git", "-C", str(self.root), "ls-files", "-z", "--", *paths],
+            capture_output=True,
+        )
+        tracked = sorted({os.fsdecode(p) for p in proc.stdout.split(b"\0") if p})
+        if proc.returncode != 0 or not tracked:
+            return
+        output = next(
+            p for p in paths if any(t == p or t.startswith(p + "/") for t in tracked)
+        )
+        raise UsageError(
+            f"stage '{stage.name}': output '{output}' is tracked by Git "
+            f"({plural(len(tracked), 'tracked file')}, such as '{tracked[0]}'), and a run "
+            f"deletes its outputs first. Untrack it with `git rm -r --cached "
+            f"{output}` and add it to .gitignore, or remove it from the stage's "
+            "outs. Nothing was deleted"
+        )
+
     def _run_command(self, command: str, cwd: Path, captured: list[str]) -> int:
         """Run `command`, copying its stdout to `out` and its stderr to `err`.
 
@@ -449,12 +477,21 @@ class Repro:
         # One lock for both readers, because `out` and `err` may be one stream.
         lock = threading.Lock()
 
+        closed: list[TextIO] = []
+
         def pump(source: TextIO, sink: TextIO) -> None:
+            # A reader that went away (`expfs repro | head`) stops the echo,
+            # not the reading: a stage blocked on a full pipe would never end.
             for line in source:
                 with lock:
                     captured.append(line)
-                    sink.write(line)
-                    sink.flush()
+                    if sink in closed:
+                        continue
+                    try:
+                        sink.write(line)
+                        sink.flush()
+                    except (BrokenPipeError, ValueError):
+                        closed.append(sink)
 
         readers = [
             threading.Thread(target=pump, args=(proc.stdout, self.out), daemon=True),

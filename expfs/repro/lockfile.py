@@ -71,7 +71,7 @@ class LockedStage:
                     for o in data.get("outs") or []
                 ],
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
             raise UsageError(
                 f"{where} is malformed ({exc!r}): delete it and run `expfs repro` "
                 "to write it again"
@@ -95,7 +95,19 @@ class LockFile:
                 f"{self.path} is not valid YAML ({exc}): delete it and run "
                 "`expfs repro` to write it again"
             ) from exc
-        for name, entry in (data.get("stages") or {}).items():
+        stages = data.get("stages") if isinstance(data, dict) else None
+        if not isinstance(data, dict) or not isinstance(stages or {}, dict):
+            raise UsageError(
+                f"{self.path} is malformed (expected a mapping with a `stages` "
+                "mapping): delete it and run `expfs repro` to write it again"
+            )
+        if data.get("schema", SCHEMA) != SCHEMA:
+            raise UsageError(
+                f"{self.path} has schema {data.get('schema')!r}, and this expfs "
+                f"reads {SCHEMA!r}: delete it and run `expfs repro` to write it "
+                "again, or use the expfs that wrote it"
+            )
+        for name, entry in (stages or {}).items():
             self.stages[name] = LockedStage.from_yaml(
                 entry, f"{self.path}: stage {name}"
             )
