@@ -150,6 +150,23 @@ def test_killed_repro_leaves_no_lock(checkout: Path) -> None:
     assert "stage 'slow': ran" in again.stdout
 
 
+def test_orphaned_stage_keeps_workspace_busy(checkout: Path) -> None:
+    # A repro killed by SIGKILL cannot stop its stage, which keeps running
+    # and writing: it holds the lock it inherited, so no second run starts.
+    first = hold(checkout, EXPFS_NO_SERVER="1")
+    try:
+        first.send_signal(signal.SIGKILL)
+        finish(first)
+        second = run_expfs(checkout, "repro", "-f", "slow", EXPFS_NO_SERVER="1")
+    finally:
+        end_stage(checkout)
+    assert second.returncode == 1
+    assert "a process that a stage of an ended one started" in second.stderr
+    assert "repro.lock open" in second.stderr
+    third = run_expfs(checkout, "repro", "-f", "slow")
+    assert third.returncode == 0, third.stderr
+
+
 @pytest.fixture
 def mounted(checkout: Path) -> Iterator[Path]:
     """Experiment e1 of `checkout`, mounted at its default mount point."""

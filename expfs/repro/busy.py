@@ -63,11 +63,13 @@ def current_command() -> str:
 @contextlib.contextmanager
 def workspace_lock(
     state_dir: str, root: str, command: str | None = None
-) -> Iterator[None]:
+) -> Iterator[int]:
     """Hold the lock of the workspace at `root`, whose private state is `state_dir`.
 
-    Raises WorkspaceBusy, having changed nothing, when another process
-    holds it.
+    Yields the lock's file descriptor: a stage process that inherits it
+    holds the lock too, so a stage orphaned by a killed repro keeps other
+    writers out until it ends. Raises WorkspaceBusy, having changed
+    nothing, when another process holds it.
     """
     path = os.path.join(state_dir, LOCK_FILE)
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -83,7 +85,7 @@ def workspace_lock(
         }
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(holder).encode(), 0)
-        yield
+        yield fd
     finally:
         os.close(fd)
 
@@ -93,8 +95,10 @@ def busy_message(fd: int, root: str) -> str:
     holder = _read_holder(fd)
     if holder is None:
         return (
-            f"workspace {root} is busy: another expfs command is writing in it. "
-            "Wait for it to finish. Nothing was changed"
+            f"workspace {root} is busy: another expfs command, or a process that "
+            "a stage of an ended one started, is writing in it (it holds "
+            f"{os.readlink(f'/proc/self/fd/{fd}')} open). Wait for it to "
+            "finish, or stop it. Nothing was changed"
         )
     pid = holder["pid"]
     age_s = max(0.0, time.time() - float(holder.get("started", time.time())))

@@ -167,6 +167,8 @@ class Repro:
     def __post_init__(self) -> None:
         # Run keys whose restore failed in this command (and was logged once).
         self._failed_restores: set[str] = set()
+        # The workspace lock's descriptor while `run` holds it.
+        self._lock_fd: int | None = None
         self.runs = RunCache(self.store)
         self.root = Path(self.place.root)
         stage_path = self.root / self.stage_file
@@ -210,8 +212,12 @@ class Repro:
         """Run the selected stages, holding the workspace's lock unless `dry`."""
         if self.options.dry:
             return self._run_selected(targets)
-        with workspace_lock(self.place.state_dir, self.place.root):
-            return self._run_selected(targets)
+        with workspace_lock(self.place.state_dir, self.place.root) as lock_fd:
+            self._lock_fd = lock_fd
+            try:
+                return self._run_selected(targets)
+            finally:
+                self._lock_fd = None
 
     def _run_selected(self, targets: Sequence[str]) -> list[Outcome]:
         outcomes: list[Outcome] = []
@@ -467,6 +473,8 @@ class Repro:
             command,
             shell=True,
             cwd=cwd,
+            # The stage holds the workspace's lock too (see workspace_lock).
+            pass_fds=() if self._lock_fd is None else (self._lock_fd,),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             start_new_session=True,
