@@ -29,7 +29,7 @@ from typing import Any, TextIO
 from expfs.errors import ExpfsError, UsageError
 from expfs.pipeline import Pipeline, Stage, build_dag, load_pipeline
 from expfs.pipeline.params import read_stage_params
-from expfs.pipeline.paths import check_inside
+from expfs.pipeline.paths import check_inside, is_within
 from expfs.pipeline.runkey import stage_run_key
 from expfs.repro.busy import workspace_lock
 from expfs.repro.lockfile import LOCK_NAME, LockedStage, LockFile
@@ -166,6 +166,8 @@ class Repro:
     def __post_init__(self) -> None:
         # Run keys whose restore failed in this command (and was logged once).
         self._failed_restores: set[str] = set()
+        # In a dry run: the digests of outputs that a stage upstream would restore.
+        self._planned: dict[str, Digest] = {}
         self.runs = RunCache(self.store)
         self.root = Path(self.place.root)
         stage_path = self.root / self.stage_file
@@ -212,9 +214,78 @@ class Repro:
         with workspace_lock(self.place.state_dir, self.place.root):
             return self._run_selected(targets)
 
+    def plan(self, targets: Sequence[str] = ()) -> list[Outcome]:
+        """Return what a repro of `targets` would do with each stage, in DAG order.
+
+        Runs nothing and prints nothing: `expfs status` reads it.
+        """
+        changing: dict[str, str] = {}
+        outcomes = []
+        for name in self.select(targets):
+            outcome = self._plan_stage(self.dag.stages[name], changing)
+            outcomes.append(outcome)
+        return outcomes
+
+    def _plan_stage(self, stage: Stage, changing: dict[str, str]) -> Outcome:
+        """Say what a repro would do with `stage`, given what it would do upstream.
+
+        `changing` maps each stage already planned to run or be restored to
+        its action; `stage` is added when it would run or be restored too.
+        A stage that reads an output of such a stage may run: its inputs are
+        known only once the upstream stage has run.
+        """
+        outcome = self._after_upstream(stage, changing)
+        if outcome is None:
+            outcome = self.run_stage(stage)
+        if outcome.action not in ("skipped", "frozen"):
+            changing[stage.name] = outcome.action
+        return outcome
+
+    def _after_upstream(self, stage: Stage, changing: dict[str, str]) -> Outcome | None:
+        """Return "may run" when `stage` reads what a changing stage would write.
+
+        Outputs that a stage upstream would restore are known from its
+        run-cache entry, and the plan goes on with them; those of a stage
+        that would run are not.
+        """
+        if stage.frozen and not self.options.force:
+            return None
+        for up in self.dag.upstream[stage.name]:
+            if up not in changing:
+                continue
+            if changing[up] == "would restore" and self._reads_planned(stage, up):
+                continue
+            if all(
+                d.workspace_path in self._planned
+                or self.place.digest_of(d.workspace_path) is not None
+                for d in stage.deps
+            ):
+                continue
+            action = {"would restore": "would be restored"}.get(
+                changing[up], changing[up]
+            )
+            return Outcome(
+                stage.name, "may run", reason=f"depends on '{up}', which {action}"
+            )
+        return None
+
+    def _reads_planned(self, stage: Stage, up: str) -> bool:
+        """Tell whether every path `stage` reads from `up` has a planned digest."""
+        written = [out.workspace_path for out in self.dag.stages[up].outs]
+        for path in [d.workspace_path for d in stage.deps] + [
+            p.workspace_path for p in stage.params
+        ]:
+            if not any(is_within(path, o) or is_within(o, path) for o in written):
+                continue
+            is_dep = any(d.workspace_path == path for d in stage.deps)
+            if not is_dep or path not in self._planned:
+                return False
+        return True
+
     def _run_selected(self, targets: Sequence[str]) -> list[Outcome]:
         outcomes: list[Outcome] = []
         failed: set[str] = set()
+        changing: dict[str, str] = {}
         for name in self.select(targets):
             if self.options.cancelled is not None and self.options.cancelled():
                 raise StageStopped(name)
@@ -228,7 +299,10 @@ class Repro:
             if self.options.on_stage is not None:
                 self.options.on_stage(name, "running")
             try:
-                outcome = self.run_stage(stage)
+                if self.options.dry:
+                    outcome = self._plan_stage(stage, changing)
+                else:
+                    outcome = self.run_stage(stage)
             except StageFailed:
                 if not self.options.keep_going:
                     raise
@@ -261,6 +335,9 @@ class Repro:
     def fingerprint(self, stage: Stage) -> _Inputs:
         deps: dict[str, Digest] = {}
         for dep in stage.deps:
+            if dep.workspace_path in self._planned:
+                deps[dep.workspace_path] = self._planned[dep.workspace_path]
+                continue
             found = self.place.digest_of(dep.workspace_path)
             if found is None:
                 raise UsageError(
@@ -333,6 +410,7 @@ class Repro:
         if record is None:
             return None
         if self.options.dry:
+            self._planned.update((out.path, out.digest) for out in record.outputs)
             return Outcome(stage.name, "would restore", reason="run-cache hit")
         if not self._restore(stage, record):
             self._failed_restores.add(inputs.key)
