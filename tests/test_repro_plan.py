@@ -80,3 +80,31 @@ def test_status_with_an_upstream_output_removed(project: Path) -> None:
     real = ok(project, "repro")
     assert "stage 'prepare': restored" in real
     assert "stage 'train': skipped, up to date" in real
+
+
+def test_dry_reports_downstream_of_a_changed_stage(project: Path) -> None:
+    (project / "data.txt").write_text("two\n")
+    dry = ok(project, "repro", "--dry")
+    assert "stage 'prepare': would run" in dry
+    assert "skipped" not in dry
+    assert "stage 'train': may run" in dry
+    assert "depends on 'prepare', which would run" in dry
+    status = ok(project, "status")
+    assert "train: may run (depends on 'prepare', which would run)" in status
+    real = ok(project, "repro")
+    assert "stage 'train': ran" in real
+    assert (project / "model" / "model.txt").read_text() == "two\n"
+
+
+def test_dry_after_upstream_restore_of_other_data(project: Path) -> None:
+    (project / "data.txt").write_text("two\n")
+    ok(project, "repro")
+    (project / "data.txt").write_text("one\n")
+    dry = ok(project, "repro", "--dry")
+    assert "stage 'prepare': would restore" in dry
+    # The run-cache entry of prepare gives train's new input, run before too.
+    assert "stage 'train': would restore" in dry
+    real = ok(project, "repro")
+    assert "stage 'prepare': restored" in real
+    assert "stage 'train': restored" in real
+    assert (project / "model" / "model.txt").read_text() == "one\n"

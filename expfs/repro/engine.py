@@ -255,12 +255,6 @@ class Repro:
                 continue
             if changing[up] == "would restore" and self._reads_planned(stage, up):
                 continue
-            if all(
-                d.workspace_path in self._planned
-                or self.place.digest_of(d.workspace_path) is not None
-                for d in stage.deps
-            ):
-                continue
             action = {"would restore": "would be restored"}.get(
                 changing[up], changing[up]
             )
