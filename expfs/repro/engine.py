@@ -244,9 +244,9 @@ class Repro:
     def _after_upstream(self, stage: Stage, changing: dict[str, str]) -> Outcome | None:
         """Return "may run" when `stage` reads what a changing stage would write.
 
-        Outputs that a stage upstream would restore are known from its
-        run-cache entry, and the plan goes on with them; those of a stage
-        that would run are not.
+        The plan goes on when the upstream stage would be restored, because
+        its run-cache entry gives the digests of its outputs. The outputs of
+        a stage that would run are unknown until it runs.
         """
         if stage.frozen and not self.options.force:
             return None
