@@ -1,4 +1,4 @@
-"""What `expfs status` and `expfs repro --dry` plan.
+"""What `expfs status` and `expfs repro --dry` plan, and how `repro -k` reports failures.
 
 Each test runs the real CLI in a real Git checkout with a real store.
 """
@@ -111,3 +111,68 @@ def test_plan_after_upstream_restore(project: Path) -> None:
     assert "stage 'prepare': restored" in real
     assert "stage 'train': restored" in real
     assert (project / "model" / "model.txt").read_text() == "one\n"
+
+
+FAILING = """\
+stages:
+  bad:
+    cmd: echo failing >&2; exit 7
+    deps: [data.txt]
+    outs: [bad.txt]
+  after:
+    cmd: cat bad.txt > after.txt
+    deps: [bad.txt]
+    outs: [after.txt]
+  last:
+    cmd: cat after.txt > last.txt
+    deps: [after.txt]
+    outs: [last.txt]
+  good:
+    cmd: cat data.txt > good.txt
+    deps: [data.txt]
+    outs: [good.txt]
+  worse:
+    cmd: exit 3
+    deps: [data.txt]
+    outs: [worse.txt]
+"""
+
+
+@pytest.fixture
+def failing(repo: Path) -> Path:
+    (repo / "dvc.yaml").write_text(FAILING)
+    (repo / "data.txt").write_text("one\n")
+    assert run_expfs(repo, "init").returncode == 0
+    return repo
+
+
+def test_keep_going_failed_stage_status(failing: Path) -> None:
+    plain = run_expfs(failing, "repro")
+    assert plain.returncode == 7
+    keep_going = run_expfs(failing, "repro", "-k")
+    assert keep_going.returncode == 7, keep_going.stderr
+    error = "expfs: error: stage 'bad' failed: its command exited with status 7"
+    assert error in plain.stderr
+    assert error in keep_going.stderr
+    progress = "(its command exited with status 7)"
+    bad_plain = [x for x in plain.stdout.splitlines() if x.startswith("stage 'bad'")]
+    bad_keep_going = [
+        x for x in keep_going.stdout.splitlines() if x.startswith("stage 'bad'")
+    ]
+    assert len(bad_plain) == 1
+    assert len(bad_keep_going) == 1
+    assert bad_plain[0].startswith("stage 'bad': failed in ")
+    assert bad_plain[0].endswith(progress)
+    assert bad_keep_going[0].startswith("stage 'bad': failed in ")
+    assert bad_keep_going[0].endswith(progress)
+    assert "stage 'after': skipped because stage 'bad' failed" in keep_going.stdout
+    assert "stage 'last': skipped because stage 'bad' failed" in keep_going.stdout
+    assert "stage 'good': ran" in keep_going.stdout
+    # A later failure is reported too, but the exit status stays the first's.
+    assert "(its command exited with status 3)" in keep_going.stdout
+    assert not (failing / "after.txt").exists()
+    # Without -k, no stage runs after the failure.
+    assert "stage 'good'" not in plain.stdout
+    assert "stage 'worse'" not in plain.stdout
+    assert "failing" in plain.stderr
+    assert "failing" in keep_going.stderr

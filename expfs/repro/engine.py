@@ -51,6 +51,7 @@ class StageFailed(ExpfsError):
             "its outputs are left in place for inspection and nothing was recorded"
         )
         self.stage = stage
+        self.status = status
         self.exit_code = status if 0 < status < 128 else 1
 
 
@@ -278,37 +279,52 @@ class Repro:
 
     def _run_selected(self, targets: Sequence[str]) -> list[Outcome]:
         outcomes: list[Outcome] = []
-        failed: set[str] = set()
+        # With --keep-going: each failed stage, and each stage downstream of
+        # one, mapped to the failed stage that stopped it.
+        failed: dict[str, str] = {}
+        first_failure: StageFailed | None = None
         changing: dict[str, str] = {}
         for name in self.select(targets):
             if self.options.cancelled is not None and self.options.cancelled():
                 raise StageStopped(name)
             stage = self.dag.stages[name]
-            if any(up in failed for up in self.dag.ancestors(name)):
-                outcomes.append(
-                    Outcome(name, "skipped", reason="an upstream stage failed")
-                )
+            blocker = next(
+                (failed[up] for up in self.dag.upstream[name] if up in failed), None
+            )
+            if blocker is not None:
+                failed[name] = blocker
+                outcome = Outcome(name, "not run", reason=f"stage '{blocker}' failed")
+                outcomes.append(outcome)
+                self._report(outcome)
                 continue
             self._current = name
             if self.options.on_stage is not None:
                 self.options.on_stage(name, "running")
+            started = time.monotonic()
             try:
                 if self.options.dry:
                     outcome = self._plan_stage(stage, changing)
                 else:
                     outcome = self.run_stage(stage)
-            except StageFailed:
+            except StageFailed as exc:
+                self._current = None
+                reason = f"its command exited with status {exc.status}"
+                elapsed = time.monotonic() - started
+                self._report(Outcome(name, "failed", elapsed, reason=reason))
                 if not self.options.keep_going:
                     raise
-                failed.add(name)
-                outcome = Outcome(name, "failed")
+                failed[name] = name
+                first_failure = first_failure or exc
+                outcome = Outcome(name, "failed", elapsed, reason=reason)
+            else:
+                self._report(outcome)
             outcomes.append(outcome)
             self._current = None
-            self._report(outcome)
             if self.options.on_stage is not None:
                 self.options.on_stage(name, outcome.action)
-        if failed:
-            raise StageFailed(sorted(failed)[0], 1)
+        if first_failure is not None:
+            # The exit status is the first failed command's, as without -k.
+            raise first_failure
         return outcomes
 
     def _report(self, outcome: Outcome) -> None:
@@ -321,6 +337,8 @@ class Repro:
         }
         verb = words.get(outcome.action, outcome.action)
         line = f"stage '{outcome.stage}': {verb} in {outcome.duration_s:.2f} s{why}"
+        if outcome.action == "not run":
+            line = f"stage '{outcome.stage}': skipped because {outcome.reason}"
         log.info("%s", line)
         print(line, file=self.out, flush=True)
 
