@@ -69,6 +69,17 @@ def test_plan_fresh_clone(project: Path, tmp_path: Path) -> None:
     assert (clone / "model" / "model.txt").read_text() == "one\n"
 
 
+def test_plan_forced_fresh_clone(project: Path, tmp_path: Path) -> None:
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(project), str(clone)], check=True)
+    assert run_expfs(clone, "init").returncode == 0
+    dry = ok(clone, "repro", "-f", "--dry").splitlines()
+    assert dry == [
+        "stage 'prepare': would run (forced)",
+        "stage 'train': would run (forced)",
+    ]
+
+
 def test_plan_upstream_output_removed(project: Path) -> None:
     shutil.rmtree(project / "out")
     shutil.rmtree(project / "model")
@@ -174,5 +185,9 @@ def test_keep_going_failed_stage_status(failing: Path) -> None:
     # Without -k, no stage runs after the failure.
     assert "stage 'good'" not in plain.stdout
     assert "stage 'worse'" not in plain.stdout
+    # With -s, a selected stage whose upstream failed is skipped all the same.
+    single = run_expfs(failing, "repro", "-k", "-s", "bad", "last")
+    assert single.returncode == 7, single.stderr
+    assert "stage 'last': skipped because stage 'bad' failed" in single.stdout
     assert "failing" in plain.stderr
     assert "failing" in keep_going.stderr

@@ -256,6 +256,9 @@ class Repro:
                 continue
             if changing[up] == "would restore" and self._reads_planned(stage, up):
                 continue
+            if self.options.force or stage.always_changed:
+                why = "forced" if self.options.force else "always_changed"
+                return Outcome(stage.name, "would run", reason=why)
             action = {"would restore": "would be restored"}.get(
                 changing[up], changing[up]
             )
@@ -288,10 +291,12 @@ class Repro:
             if self.options.cancelled is not None and self.options.cancelled():
                 raise StageStopped(name)
             stage = self.dag.stages[name]
-            blocker = next(
-                (failed[up] for up in self.dag.upstream[name] if up in failed), None
-            )
-            if blocker is not None:
+            ancestors = self.dag.ancestors(name)
+            failed_upstream = [
+                up for up in self.dag.order if up in failed.keys() & ancestors
+            ]
+            if failed_upstream:
+                blocker = failed[failed_upstream[0]]
                 failed[name] = blocker
                 outcome = Outcome(name, "not run", reason=f"stage '{blocker}' failed")
                 outcomes.append(outcome)
@@ -337,6 +342,8 @@ class Repro:
         }
         verb = words.get(outcome.action, outcome.action)
         line = f"stage '{outcome.stage}': {verb} in {outcome.duration_s:.2f} s{why}"
+        if outcome.action in ("would run", "would restore", "may run"):
+            line = f"stage '{outcome.stage}': {verb}{why}"
         if outcome.action == "not run":
             line = f"stage '{outcome.stage}': skipped because {outcome.reason}"
         log.info("%s", line)
