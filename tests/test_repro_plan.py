@@ -162,9 +162,11 @@ def test_keep_going_failed_stage_status(failing: Path) -> None:
     assert plain.returncode == 7
     keep_going = run_expfs(failing, "repro", "-k")
     assert keep_going.returncode == 7, keep_going.stderr
+
     error = "expfs: error: stage 'bad' failed: its command exited with status 7"
     assert error in plain.stderr
     assert error in keep_going.stderr
+
     progress = "(its command exited with status 7)"
     bad_plain = [x for x in plain.stdout.splitlines() if x.startswith("stage 'bad'")]
     bad_keep_going = [
@@ -176,15 +178,18 @@ def test_keep_going_failed_stage_status(failing: Path) -> None:
     assert bad_plain[0].endswith(progress)
     assert bad_keep_going[0].startswith("stage 'bad': failed in ")
     assert bad_keep_going[0].endswith(progress)
+
     assert "stage 'after': skipped because stage 'bad' failed" in keep_going.stdout
     assert "stage 'last': skipped because stage 'bad' failed" in keep_going.stdout
     assert "stage 'good': ran" in keep_going.stdout
     # A later failure is reported too, but the exit status stays the first's.
     assert "(its command exited with status 3)" in keep_going.stdout
     assert not (failing / "after.txt").exists()
+
     # Without -k, no stage runs after the failure.
     assert "stage 'good'" not in plain.stdout
     assert "stage 'worse'" not in plain.stdout
+
     # With -s, a selected stage whose upstream failed is skipped all the same.
     single = run_expfs(failing, "repro", "-k", "-s", "bad", "last")
     assert single.returncode == 7, single.stderr

@@ -257,8 +257,8 @@ class Repro:
             if changing[up] == "would restore" and self._reads_planned(stage, up):
                 continue
             if self.options.force or stage.always_changed:
-                why = "forced" if self.options.force else "always_changed"
-                return Outcome(stage.name, "would run", reason=why)
+                reason = "forced" if self.options.force else "always_changed"
+                return Outcome(stage.name, "would run", reason=reason)
             action = {"would restore": "would be restored"}.get(
                 changing[up], changing[up]
             )
