@@ -10,8 +10,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import git
 from waiting_stage import run_expfs
+
+
+def git(root: Path, *args: str) -> None:
+    subprocess.run(["git", "-C", str(root), *args], check=True)
+
 
 PIPELINE = """\
 stages:
