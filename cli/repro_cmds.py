@@ -185,9 +185,7 @@ def _nearest_stage_file(root: str) -> str:
 
 def cmd_status(args: argparse.Namespace) -> int:
     repro = _repro(args, dry=True)
-    outcomes = []
-    for name in repro.select([]):
-        outcomes.append(repro.run_stage(repro.dag.stages[name]))
+    outcomes = repro.plan()
     stale = [o for o in outcomes if o.action not in ("skipped", "frozen")]
     for outcome in stale:
         print(f"{outcome.stage}: {outcome.action} ({outcome.reason})")

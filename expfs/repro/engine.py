@@ -29,7 +29,7 @@ from typing import Any, TextIO
 from expfs.errors import ExpfsError, UsageError
 from expfs.pipeline import Pipeline, Stage, build_dag, load_pipeline
 from expfs.pipeline.params import read_stage_params
-from expfs.pipeline.paths import check_inside
+from expfs.pipeline.paths import check_inside, is_within
 from expfs.pipeline.runkey import stage_run_key
 from expfs.repro.busy import workspace_lock
 from expfs.repro.lockfile import LOCK_NAME, LockedStage, LockFile
@@ -52,6 +52,7 @@ class StageFailed(ExpfsError):
             "its outputs are left in place for inspection and nothing was recorded"
         )
         self.stage = stage
+        self.status = status
         self.exit_code = status if 0 < status < 128 else 1
 
 
@@ -169,6 +170,8 @@ class Repro:
         self._failed_restores: set[str] = set()
         # The workspace lock's descriptor while `run` holds it.
         self._lock_fd: int | None = None
+        # In a dry run: the digests of outputs that a stage upstream would restore.
+        self._planned: dict[str, Digest] = {}
         self.runs = RunCache(self.store)
         self.root = Path(self.place.root)
         stage_path = self.root / self.stage_file
@@ -219,35 +222,121 @@ class Repro:
             finally:
                 self._lock_fd = None
 
+    def plan(self, targets: Sequence[str] = ()) -> list[Outcome]:
+        """Return what a repro of `targets` would do with each stage, in DAG order.
+
+        Runs nothing and prints nothing: `expfs status` reads it.
+        """
+        changing: dict[str, str] = {}
+        outcomes = []
+        for name in self.select(targets):
+            outcome = self._plan_stage(self.dag.stages[name], changing)
+            outcomes.append(outcome)
+        return outcomes
+
+    def _plan_stage(self, stage: Stage, changing: dict[str, str]) -> Outcome:
+        """Say what a repro would do with `stage`, given what it would do upstream.
+
+        `changing` maps each stage already planned to run or be restored to
+        its action; `stage` is added when it would run or be restored too.
+        A stage that reads an output of such a stage may run: its inputs are
+        known only once the upstream stage has run.
+        """
+        outcome = self._after_upstream(stage, changing)
+        if outcome is None:
+            outcome = self.run_stage(stage)
+        if outcome.action not in ("skipped", "frozen"):
+            changing[stage.name] = outcome.action
+        return outcome
+
+    def _after_upstream(self, stage: Stage, changing: dict[str, str]) -> Outcome | None:
+        """Return "may run" when `stage` reads what a changing stage would write.
+
+        The plan goes on when the upstream stage would be restored, because
+        its run-cache entry gives the digests of its outputs. The outputs of
+        a stage that would run are unknown until it runs.
+        """
+        if stage.frozen and not self.options.force:
+            return None
+        for up in self.dag.upstream[stage.name]:
+            if up not in changing:
+                continue
+            if changing[up] == "would restore" and self._reads_planned(stage, up):
+                continue
+            if self.options.force or stage.always_changed:
+                reason = "forced" if self.options.force else "always_changed"
+                return Outcome(stage.name, "would run", reason=reason)
+            action = {"would restore": "would be restored"}.get(
+                changing[up], changing[up]
+            )
+            return Outcome(
+                stage.name, "may run", reason=f"depends on '{up}', which {action}"
+            )
+        return None
+
+    def _reads_planned(self, stage: Stage, up: str) -> bool:
+        """Tell whether every path `stage` reads from `up` has a planned digest."""
+        written = [out.workspace_path for out in self.dag.stages[up].outs]
+        for path in [d.workspace_path for d in stage.deps] + [
+            p.workspace_path for p in stage.params
+        ]:
+            if not any(is_within(path, o) or is_within(o, path) for o in written):
+                continue
+            is_dep = any(d.workspace_path == path for d in stage.deps)
+            if not is_dep or path not in self._planned:
+                return False
+        return True
+
     def _run_selected(self, targets: Sequence[str]) -> list[Outcome]:
         outcomes: list[Outcome] = []
-        failed: set[str] = set()
+        # With --keep-going: each failed stage, and each stage downstream of
+        # one, mapped to the failed stage that stopped it.
+        failed: dict[str, str] = {}
+        first_failure: StageFailed | None = None
+        changing: dict[str, str] = {}
         for name in self.select(targets):
             if self.options.cancelled is not None and self.options.cancelled():
                 raise StageStopped(name)
             stage = self.dag.stages[name]
-            if any(up in failed for up in self.dag.ancestors(name)):
-                outcomes.append(
-                    Outcome(name, "skipped", reason="an upstream stage failed")
-                )
+            ancestors = self.dag.ancestors(name)
+            failed_upstream = [
+                up for up in self.dag.order if up in failed.keys() & ancestors
+            ]
+            if failed_upstream:
+                blocker = failed[failed_upstream[0]]
+                failed[name] = blocker
+                outcome = Outcome(name, "not run", reason=f"stage '{blocker}' failed")
+                outcomes.append(outcome)
+                self._report(outcome)
                 continue
             self._current = name
             if self.options.on_stage is not None:
                 self.options.on_stage(name, "running")
+            started = time.monotonic()
             try:
-                outcome = self.run_stage(stage)
-            except StageFailed:
+                if self.options.dry:
+                    outcome = self._plan_stage(stage, changing)
+                else:
+                    outcome = self.run_stage(stage)
+            except StageFailed as exc:
+                self._current = None
+                reason = f"its command exited with status {exc.status}"
+                elapsed = time.monotonic() - started
+                self._report(Outcome(name, "failed", elapsed, reason=reason))
                 if not self.options.keep_going:
                     raise
-                failed.add(name)
-                outcome = Outcome(name, "failed")
+                failed[name] = name
+                first_failure = first_failure or exc
+                outcome = Outcome(name, "failed", elapsed, reason=reason)
+            else:
+                self._report(outcome)
             outcomes.append(outcome)
             self._current = None
-            self._report(outcome)
             if self.options.on_stage is not None:
                 self.options.on_stage(name, outcome.action)
-        if failed:
-            raise StageFailed(sorted(failed)[0], 1)
+        if first_failure is not None:
+            # The exit status is the first failed command's, as without -k.
+            raise first_failure
         return outcomes
 
     def _report(self, outcome: Outcome) -> None:
@@ -260,6 +349,10 @@ class Repro:
         }
         verb = words.get(outcome.action, outcome.action)
         line = f"stage '{outcome.stage}': {verb} in {outcome.duration_s:.2f} s{why}"
+        if outcome.action in ("would run", "would restore", "may run"):
+            line = f"stage '{outcome.stage}': {verb}{why}"
+        if outcome.action == "not run":
+            line = f"stage '{outcome.stage}': skipped because {outcome.reason}"
         log.info("%s", line)
         print(line, file=self.out, flush=True)
 
@@ -268,6 +361,9 @@ class Repro:
     def fingerprint(self, stage: Stage) -> _Inputs:
         deps: dict[str, Digest] = {}
         for dep in stage.deps:
+            if dep.workspace_path in self._planned:
+                deps[dep.workspace_path] = self._planned[dep.workspace_path]
+                continue
             found = self.place.digest_of(dep.workspace_path)
             if found is None:
                 raise UsageError(
@@ -340,6 +436,7 @@ class Repro:
         if record is None:
             return None
         if self.options.dry:
+            self._planned.update((out.path, out.digest) for out in record.outputs)
             return Outcome(stage.name, "would restore", reason="run-cache hit")
         if not self._restore(stage, record):
             self._failed_restores.add(inputs.key)

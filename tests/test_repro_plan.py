@@ -1,0 +1,202 @@
+"""What `expfs status` and `expfs repro --dry` plan, and how `repro -k` reports failures.
+
+Each test runs the real CLI in a real Git checkout with a real store.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from waiting_stage import run_expfs
+
+
+def git(root: Path, *args: str) -> None:
+    subprocess.run(["git", "-C", str(root), *args], check=True)
+
+
+PIPELINE = """\
+stages:
+  prepare:
+    cmd: mkdir -p out && cat data.txt > out/prepared.txt
+    deps: [data.txt]
+    outs: [out/prepared.txt]
+  train:
+    cmd: mkdir -p model && cat out/prepared.txt > model/model.txt
+    deps: [out/prepared.txt]
+    outs: [model]
+"""
+
+
+@pytest.fixture
+def project(repo: Path) -> Path:
+    """A committed two-stage pipeline whose outputs are gitignored, run once."""
+    (repo / "dvc.yaml").write_text(PIPELINE)
+    (repo / "data.txt").write_text("one\n")
+    (repo / ".gitignore").write_text("out/\nmodel/\n")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "pipeline")
+    assert run_expfs(repo, "init").returncode == 0
+    done = run_expfs(repo, "repro")
+    assert done.returncode == 0, done.stderr
+    return repo
+
+
+def ok(root: Path, *args: str) -> str:
+    done = run_expfs(root, *args)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_plan_fresh_clone(project: Path, tmp_path: Path) -> None:
+    clone = tmp_path / "clone"
+    subprocess.run(
+        ["git", "clone", "-q", str(project), str(clone)], check=True, text=True
+    )
+    assert run_expfs(clone, "init").returncode == 0
+    status = ok(clone, "status").splitlines()
+    assert status[0].startswith("prepare: would ")
+    assert status[1].startswith("train: ")
+    assert "depends on 'prepare'" in status[1]
+    dry = ok(clone, "repro", "--dry")
+    assert "stage 'prepare': would " in dry
+    assert "stage 'train': may run" in dry
+    assert "depends on 'prepare'" in dry
+    assert not (clone / "out").exists()
+    assert not (clone / "model").exists()
+    # The real repro does what the dry run announced.
+    real = ok(clone, "repro")
+    assert "stage 'prepare': " in real
+    assert "stage 'train': " in real
+    assert (clone / "model" / "model.txt").read_text() == "one\n"
+
+
+def test_plan_forced_fresh_clone(project: Path, tmp_path: Path) -> None:
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(project), str(clone)], check=True)
+    assert run_expfs(clone, "init").returncode == 0
+    dry = ok(clone, "repro", "-f", "--dry").splitlines()
+    assert dry == [
+        "stage 'prepare': would run (forced)",
+        "stage 'train': would run (forced)",
+    ]
+
+
+def test_plan_upstream_output_removed(project: Path) -> None:
+    shutil.rmtree(project / "out")
+    shutil.rmtree(project / "model")
+    status = ok(project, "status")
+    assert "prepare: would restore" in status
+    # The restore brings back the same prepared.txt, so train's run key is known.
+    assert "train: would restore" in status
+    assert "stage 'train': restored" in ok(project, "repro")
+    shutil.rmtree(project / "out")
+    status = ok(project, "status").splitlines()
+    assert status == ["prepare: would restore (run-cache hit)"]
+    real = ok(project, "repro")
+    assert "stage 'prepare': restored" in real
+    assert "stage 'train': skipped, up to date" in real
+
+
+def test_plan_downstream_of_changed_stage(project: Path) -> None:
+    (project / "data.txt").write_text("two\n")
+    dry = ok(project, "repro", "--dry")
+    assert "stage 'prepare': would run" in dry
+    assert "skipped" not in dry
+    assert "stage 'train': may run" in dry
+    assert "depends on 'prepare', which would run" in dry
+    status = ok(project, "status")
+    assert "train: may run (depends on 'prepare', which would run)" in status
+    real = ok(project, "repro")
+    assert "stage 'train': ran" in real
+    assert (project / "model" / "model.txt").read_text() == "two\n"
+
+
+def test_plan_after_upstream_restore(project: Path) -> None:
+    (project / "data.txt").write_text("two\n")
+    ok(project, "repro")
+    (project / "data.txt").write_text("one\n")
+    dry = ok(project, "repro", "--dry")
+    assert "stage 'prepare': would restore" in dry
+    # The run-cache entry of prepare gives train's new input, run before too.
+    assert "stage 'train': would restore" in dry
+    real = ok(project, "repro")
+    assert "stage 'prepare': restored" in real
+    assert "stage 'train': restored" in real
+    assert (project / "model" / "model.txt").read_text() == "one\n"
+
+
+FAILING = """\
+stages:
+  bad:
+    cmd: echo failing >&2; exit 7
+    deps: [data.txt]
+    outs: [bad.txt]
+  after:
+    cmd: cat bad.txt > after.txt
+    deps: [bad.txt]
+    outs: [after.txt]
+  last:
+    cmd: cat after.txt > last.txt
+    deps: [after.txt]
+    outs: [last.txt]
+  good:
+    cmd: cat data.txt > good.txt
+    deps: [data.txt]
+    outs: [good.txt]
+  worse:
+    cmd: exit 3
+    deps: [data.txt]
+    outs: [worse.txt]
+"""
+
+
+@pytest.fixture
+def failing(repo: Path) -> Path:
+    (repo / "dvc.yaml").write_text(FAILING)
+    (repo / "data.txt").write_text("one\n")
+    assert run_expfs(repo, "init").returncode == 0
+    return repo
+
+
+def test_keep_going_failed_stage_status(failing: Path) -> None:
+    plain = run_expfs(failing, "repro")
+    assert plain.returncode == 7
+    keep_going = run_expfs(failing, "repro", "-k")
+    assert keep_going.returncode == 7, keep_going.stderr
+
+    error = "expfs: error: stage 'bad' failed: its command exited with status 7"
+    assert error in plain.stderr
+    assert error in keep_going.stderr
+
+    progress = "(its command exited with status 7)"
+    bad_plain = [x for x in plain.stdout.splitlines() if x.startswith("stage 'bad'")]
+    bad_keep_going = [
+        x for x in keep_going.stdout.splitlines() if x.startswith("stage 'bad'")
+    ]
+    assert len(bad_plain) == 1
+    assert len(bad_keep_going) == 1
+    assert bad_plain[0].startswith("stage 'bad': failed in ")
+    assert bad_plain[0].endswith(progress)
+    assert bad_keep_going[0].startswith("stage 'bad': failed in ")
+    assert bad_keep_going[0].endswith(progress)
+
+    assert "stage 'after': skipped because stage 'bad' failed" in keep_going.stdout
+    assert "stage 'last': skipped because stage 'bad' failed" in keep_going.stdout
+    assert "stage 'good': ran" in keep_going.stdout
+    # A later failure is reported too, but the exit status stays the first's.
+    assert "(its command exited with status 3)" in keep_going.stdout
+    assert not (failing / "after.txt").exists()
+
+    # Without -k, no stage runs after the failure.
+    assert "stage 'good'" not in plain.stdout
+    assert "stage 'worse'" not in plain.stdout
+
+    # With -s, a selected stage whose upstream failed is skipped all the same.
+    single = run_expfs(failing, "repro", "-k", "-s", "bad", "last")
+    assert single.returncode == 7, single.stderr
+    assert "stage 'last': skipped because stage 'bad' failed" in single.stdout
+    assert "failing" in plain.stderr
+    assert "failing" in keep_going.stderr
