@@ -10,8 +10,8 @@ together, measured on 2 cores). It uses `marshal` rather than `json`, and
 the rare path, may import anything.
 
 Requests and replies are single `marshal` datagrams on a SOCK_SEQPACKET
-socket; the server accepts them only from its own user (SO_PEERCRED), and
-both ends run the same interpreter, since the socket's name includes it.
+socket. The server accepts them only from its own user (SO_PEERCRED), and
+both ends run the same interpreter, because the socket's name includes it.
 """
 
 from __future__ import annotations
@@ -161,7 +161,7 @@ def served(argv: Sequence[str]) -> bool:
 def run_in_server(argv: Sequence[str]) -> int | None:
     """Run CLI arguments `argv` in the server; return None where it cannot run them.
 
-    A bad EXPFS_SERVER_* setting is an error (status 2); a server that
+    A bad EXPFS_SERVER_* setting is an error (status 2). A server that
     cannot be used is a warning, and the command then runs in its own
     process.
     """

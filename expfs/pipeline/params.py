@@ -39,7 +39,7 @@ PARAMS_FORMATS = {
 }
 
 KeyPart = str | int
-# What an override does to its key (see expfs.pipeline.overrides).
+# The change an override makes to its key (see expfs.pipeline.overrides).
 Action = Literal["set", "add", "force_add", "delete"]
 
 

@@ -6,7 +6,7 @@ for a plain checkout and `.expfs/workspaces/NAME/repro.lock` for a mounted
 experiment. A worktree outside the repository keeps it in its Git folder. A
 command that writes in the workspace (`repro`, `unprotect`, `checkout`,
 `exp apply`) takes it with `flock(LOCK_EX | LOCK_NB)` and fails at once
-when another process holds it. The kernel releases an flock when its holder exits, even
+when another process has it. The kernel releases an flock when its holder exits, even
 by SIGKILL, so a lock is never left stale. The file's text (pid, command,
 start time) only names the holder in the error.
 """
@@ -69,7 +69,7 @@ def workspace_lock(
     Yields the lock's file descriptor: a stage process that inherits it
     holds the lock too, so a stage orphaned by a killed repro keeps other
     writers out until it ends. Raises WorkspaceBusy, having changed
-    nothing, when another process holds it.
+    nothing, when another process has it.
     """
     path = os.path.join(state_dir, LOCK_FILE)
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)

@@ -495,7 +495,7 @@ class Repro:
         self, stage: Stage, inputs: _Inputs, no_cache_reason: str, started: float
     ) -> Outcome:
         removed = [out.workspace_path for out in stage.outs if not out.persist]
-        self._refuse_tracked(stage, removed)
+        self._reject_tracked_outputs(stage, removed)
         for path in removed:
             self.place.remove(path)
         wall_started = time.time()
@@ -535,7 +535,7 @@ class Repro:
             stage.name, "ran", duration, run_key=inputs.key, log="".join(captured)
         )
 
-    def _refuse_tracked(self, stage: Stage, paths: list[str]) -> None:
+    def _reject_tracked_outputs(self, stage: Stage, paths: list[str]) -> None:
         """Raise UsageError when Git tracks one of `paths`, which a run would delete.
 
         DVC refuses such outputs too. Outside a Git repository nothing is
@@ -544,14 +544,25 @@ class Repro:
         if not paths:
             return
         proc = subprocess.run(
-            ["git", "-C", str(self.root), "ls-files", "-z", "--", *paths],
+            # Literal pathspecs, so an output named `out*` matches only itself.
+            [
+                "git",
+                "--literal-pathspecs",
+                "-C",
+                str(self.root),
+                "ls-files",
+                "-z",
+                "--",
+                *paths,
+            ],
             capture_output=True,
         )
         tracked = sorted({os.fsdecode(p) for p in proc.stdout.split(b"\0") if p})
         if proc.returncode != 0 or not tracked:
             return
         output = next(
-            p for p in paths if any(t == p or t.startswith(p + "/") for t in tracked)
+            (p for p in paths if any(t == p or t.startswith(p + "/") for t in tracked)),
+            tracked[0],
         )
         raise UsageError(
             f"stage '{stage.name}': output '{output}' is tracked by Git "
