@@ -441,3 +441,54 @@ def test_forget_storm_scans_once(
         ws.forget(ino, 1)
     assert counting.scans == 1
     assert set(ws.nodes) == {ROOT_INO}
+
+
+def test_upper_file_hashed_once_until_written(
+    ws: Workspace, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A changed file left alone since its last hash is not read again."""
+    import expfs.workspace.workspace as workspace_module
+
+    reads: list[str] = []
+    stores: list[str] = []
+    real_hash, real_put = workspace_module.hash_file, store.put_file
+
+    def counting_hash(path: str | bytes) -> Digest:
+        reads.append(os.fsdecode(path))
+        return real_hash(path)
+
+    def counting_put(path: str | bytes, **kwargs: bool) -> Digest:
+        stores.append(os.fsdecode(path))
+        return real_put(path, **kwargs)
+
+    monkeypatch.setattr(workspace_module, "hash_file", counting_hash)
+    monkeypatch.setattr(store, "put_file", counting_put)
+    ino = lookup(ws, b"data.bin")
+    write_at(ws, ino, 0, b"changed")
+    first = ws.digest_of(b"data.bin")
+    assert ws.digest_of(b"data.bin") == first
+    assert len(reads) == 1
+    snap = ws.snapshot()
+    assert ws.snapshot() == snap
+    assert len(stores) == 1, "the second snapshot stored the unchanged file again"
+    write_at(ws, ino, 0, b"CHANGED")
+    second = ws.digest_of(b"data.bin")
+    assert second != first
+    assert second == hash_file(ws.upper.path(ino))
+    assert len(reads) == 2
+    assert ws.snapshot() != snap
+    assert len(stores) == 2
+
+
+def test_upper_file_stored_again_when_its_blob_is_gone(
+    ws: Workspace, store: Store
+) -> None:
+    ino = lookup(ws, b"data.bin")
+    write_at(ws, ino, 0, b"changed")
+    ws.snapshot()
+    digest = ws.digest_of(b"data.bin")
+    blob = store.blob_path(digest)
+    os.chmod(os.path.dirname(blob), 0o755)
+    os.unlink(blob)
+    ws.snapshot()
+    assert hash_file(blob) == digest

@@ -32,6 +32,7 @@ from expfs.store import layout
 from expfs.store.lazy import is_available, lazy_mark, put_marked_trees
 from expfs.store.lmdbenv import close_environment, open_environment
 from expfs.store.objects import Store, hash_file
+from expfs.store.statcache import StatCache, stat_fields
 from expfs.store.trees import (
     MAX_NAME_BYTES,
     Digest,
@@ -1260,10 +1261,30 @@ class Workspace:
             if record.target is not None:
                 return digest_bytes(record.target)
         elif record.upper:
-            return hash_file(self.upper.path(node.ino))
+            return self._upper_digest(node, store=False)
         if record.digest is None:
             raise InvalidArgument(f"{path!r} is not a file, directory or symlink")
         return record.digest
+
+    def _upper_digest(self, node: Node, *, store: bool) -> Digest:
+        """Return an upper file's digest, storing its blob when `store` is set.
+
+        The store's stat cache keeps the digest of each upper file hashed
+        before, so a file left alone since is not read again: a snapshot or
+        an up-to-date check costs only the files written since. Writes reach
+        upper files through this daemon and change their mtime and ctime.
+        """
+        path = os.path.abspath(self.upper.path(node.ino))
+        key = os.fsencode(path)
+        before = os.stat(path)
+        cache = StatCache(self.store.env)
+        known = cache.lookup_many([(key, before)]).get(key)
+        if known is not None and (not store or self.store.has_blob(known)):
+            return known
+        digest = self.store.put_file(path) if store else hash_file(path)
+        if stat_fields(os.stat(path)) == stat_fields(before):
+            cache.record_many([(key, before, digest)])
+        return digest
 
     def _snapshot_dir(self, directory: Node, trees: _NewTrees) -> tuple[Digest, int]:
         entries: list[Entry] = []
@@ -1314,7 +1335,7 @@ class Workspace:
             return Entry(name, Kind.SYMLINK, 0o777, digest, len(target))
         if record.is_file:
             if record.upper:
-                digest = self.store.put_file(self.upper.path(node.ino))
+                digest = self._upper_digest(node, store=True)
                 size = os.stat(self.store.blob_path(digest)).st_size
             else:
                 assert record.digest is not None
