@@ -45,6 +45,7 @@ import trio
 
 from expfs.fuse import control
 from expfs.fuse.gitlink import with_gitlink
+from expfs.text import plural
 
 if TYPE_CHECKING:
     from expfs.fuse.ops import BlobSource
@@ -144,6 +145,7 @@ class Daemon:
         self.ops = with_gitlink(WorkspaceOperations)(self.workspace, self.blob_source)
         if self.gitdir:
             self.ops.set_gitlink(self.gitdir)
+        self.ops.pins.mountpoint = self.mountpoint
         options = set(pyfuse3.default_options)
         options |= {"fsname=expfs", "subtype=expfs", "auto_unmount"}
         if self.allow_other:
@@ -228,6 +230,9 @@ class Daemon:
             log.warning("syncfs of %s failed: %s", self.mountpoint, exc)
 
     async def _unmount(self, lazy: bool) -> None:
+        if self.ops is not None:
+            # A file held or still being evicted would make the mount busy.
+            await self.ops.pins.settle()
         command = ["fusermount3", "-u", *(["-z"] if lazy else []), self.mountpoint]
         proc = await trio.run_process(command, capture_stderr=True, check=False)
         if proc.returncode != 0:
@@ -287,8 +292,8 @@ class Daemon:
         changed = self.workspace.graft(
             path, digest, None if mode is None else int(mode)
         )
-        await self.ops.invalidate(changed)
-        log.info("grafted %s at %s in %s", digest, os.fsdecode(path), self.name)
+        held = await self._invalidate_replaced(changed)
+        log.info("grafted %s at %s in %s%s", digest, os.fsdecode(path), self.name, held)
         return None
 
     def _resolve(self, name: str) -> Any:
@@ -302,9 +307,31 @@ class Daemon:
     async def _remove_path(self, request: dict[str, Any]) -> Any:
         path = _workspace_path(request["path"])
         changed = self.workspace.remove_path(path)
-        await self.ops.invalidate(changed)
-        log.info("removed %s from %s", os.fsdecode(path), self.name)
+        held = await self._invalidate_replaced(changed)
+        log.info("removed %s from %s%s", os.fsdecode(path), self.name, held)
         return None
+
+    async def _invalidate_replaced(self, changed: list[tuple[int, bytes, int]]) -> str:
+        """Drop the kernel's entries for `changed`, evicting the old inodes later.
+
+        Returns the words the log line adds about held files.
+
+        The large files below the replaced names are held open across the
+        invalidation and closed after the reply, in a worker thread, so
+        freeing their cached pages does not delay the caller (see pins.py).
+        """
+        pins = self.ops.pins
+        held = await pins.hold([old for _parent, _name, old in changed if old])
+        try:
+            await self.ops.invalidate(changed)
+        finally:
+            if held and self.nursery is not None:
+                self.nursery.start_soon(pins.release, held)
+            elif held:
+                await pins.release(held)
+        if not held:
+            return ""
+        return f" (evicting {plural(len(held), 'large file')} after the reply)"
 
     async def _stop(self, request: dict[str, Any]) -> Any:
         log.info("stop requested over the control socket")

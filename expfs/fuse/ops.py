@@ -33,6 +33,7 @@ import pyfuse3
 import trio
 
 from expfs.errors import CorruptObject, MissingObject
+from expfs.fuse.pins import PIN_MIN_BYTES, Pins
 from expfs.store.trees import MAX_NAME_BYTES, Digest
 from expfs.workspace import Node, Workspace
 from expfs.workspace import errors as ws_errors
@@ -145,6 +146,8 @@ class WorkspaceOperations(pyfuse3.Operations):
         self._next_dir_fh = itertools.count(1)
         self._copy_locks: dict[int, trio.Lock] = {}
         self._fetches: dict[str, _Fetch] = {}
+        # Names and large files the kernel holds, for grafts (see pins.py).
+        self.pins = Pins()
 
     # -- helpers -------------------------------------------------------------
 
@@ -271,6 +274,7 @@ class WorkspaceOperations(pyfuse3.Operations):
             negative.st_ino = 0
             negative.entry_timeout = TIMEOUT_S
             return negative
+        self.pins.named(node.ino, parent_inode, name)
         return self._entry(node)
 
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
@@ -279,6 +283,8 @@ class WorkspaceOperations(pyfuse3.Operations):
                 self.workspace.forget(ino, count)
             except Exception:
                 log.exception("forget of inode %d failed", ino)
+            if ino not in self.workspace.nodes:
+                self.pins.forgotten(ino)
 
     @operation
     async def getattr(
@@ -324,6 +330,7 @@ class WorkspaceOperations(pyfuse3.Operations):
         ctx: pyfuse3.RequestContext,
     ) -> pyfuse3.EntryAttributes:
         node = self.workspace.mknod(parent_inode, name, mode, rdev, ctx.uid, ctx.gid)
+        self.pins.named(node.ino, parent_inode, name)
         return self._entry(node)
 
     @operation
@@ -331,6 +338,7 @@ class WorkspaceOperations(pyfuse3.Operations):
         self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
         node = self.workspace.mkdir(parent_inode, name, mode, ctx.uid, ctx.gid)
+        self.pins.named(node.ino, parent_inode, name)
         return self._entry(node)
 
     @operation
@@ -342,6 +350,7 @@ class WorkspaceOperations(pyfuse3.Operations):
         ctx: pyfuse3.RequestContext,
     ) -> pyfuse3.EntryAttributes:
         node = self.workspace.symlink(parent_inode, name, target, ctx.uid, ctx.gid)
+        self.pins.named(node.ino, parent_inode, name)
         return self._entry(node)
 
     @operation
@@ -353,6 +362,7 @@ class WorkspaceOperations(pyfuse3.Operations):
         ctx: pyfuse3.RequestContext,
     ) -> pyfuse3.EntryAttributes:
         node = self.workspace.link(inode, new_parent_inode, new_name)
+        self.pins.named(node.ino, new_parent_inode, new_name)
         return self._entry(node)
 
     @operation
@@ -382,9 +392,15 @@ class WorkspaceOperations(pyfuse3.Operations):
             mode |= RENAME_EXCHANGE
         if flags & pyfuse3.RENAME_NOREPLACE:
             mode |= RENAME_NOREPLACE
-        self.workspace.rename(
-            parent_inode_old, name_old, parent_inode_new, name_new, mode
-        )
+        workspace = self.workspace
+        workspace.rename(parent_inode_old, name_old, parent_inode_new, name_new, mode)
+        for parent, name in (
+            (parent_inode_new, name_new),
+            (parent_inode_old, name_old),
+        ):
+            moved = workspace.child(workspace.node(parent), name)
+            if moved is not None and moved.ino in self.pins.names:
+                self.pins.named(moved.ino, parent, name)
 
     # -- files ---------------------------------------------------------------
 
@@ -419,12 +435,15 @@ class WorkspaceOperations(pyfuse3.Operations):
         elif flags & os.O_EXCL:
             raise ws_errors.AlreadyExists(f"{name!r} exists")
         fh = workspace.open_file(node.ino, flags)
+        self.pins.named(node.ino, parent_inode, name)
         return pyfuse3.FileInfo(fh=fh, keep_cache=True), self._entry(node)
 
     @operation
     async def read(self, fh: int, off: int, size: int) -> bytes:
         # NOTE: reads run on the event loop's thread; a cold read from disk
         # makes other requests wait for it.
+        if off + size >= PIN_MIN_BYTES:
+            self.pins.touched(self.workspace.handle(fh).ino, off + size)
         return self.workspace.read(fh, off, size)
 
     @operation
@@ -432,6 +451,8 @@ class WorkspaceOperations(pyfuse3.Operations):
         workspace = self.workspace
         if workspace.needs_copy_up(fh):
             await self._copy_up(workspace.handle(fh).ino)
+        if off + len(buf) >= PIN_MIN_BYTES:
+            self.pins.touched(workspace.handle(fh).ino, off + len(buf))
         return workspace.write(fh, off, buf)
 
     @operation
@@ -477,6 +498,7 @@ class WorkspaceOperations(pyfuse3.Operations):
             if not pyfuse3.readdir_reply(token, name, self._attributes(node), cookie):
                 return
             workspace.remember(node)
+            self.pins.named(node.ino, handle.ino, name)
 
     @operation
     async def releasedir(self, fh: int) -> None:
