@@ -71,3 +71,49 @@ def test_corrupt_blob_never_copied(store: Store, tmp_path: Path, size: int) -> N
         store.copy_blob(digest, dest, 0o644)
     assert digest in caught.value.message
     assert not dest.exists()
+
+
+@pytest.mark.parametrize(
+    "layout",
+    [
+        "hole-data-hole",
+        "data-hole",
+        "hole-data-at-end",
+        "all-hole",
+        "many-extents",
+    ],
+)
+def test_sparse_hash_matches_dense_hash(tmp_path: Path, layout: str) -> None:
+    """Hashing holes as zeros from memory gives the digest of every byte."""
+    import blake3
+
+    size = 40 << 20
+    path = tmp_path / "sparse.bin"
+    with open(path, "wb") as f:
+        f.truncate(size)
+        if layout == "hole-data-hole":
+            f.seek(17 << 20)
+            f.write(os.urandom(3 << 20))
+        elif layout == "data-hole":
+            f.write(os.urandom(5 << 20))
+        elif layout == "hole-data-at-end":
+            f.seek(size - 12345)
+            f.write(os.urandom(12345))
+        elif layout == "many-extents":
+            for start in range(0, size, 9 << 20):
+                f.seek(start + 4096 * 3)
+                f.write(os.urandom(70000))
+    assert allocated_bytes(path) < size, "this filesystem did not keep the holes"
+    dense = blake3.blake3(path.read_bytes()).hexdigest()
+    assert hash_file(path) == dense
+
+
+def test_large_file_copied_in_by_the_kernel_verified(
+    store: Store, tmp_path: Path
+) -> None:
+    source = tmp_path / "sparse.bin"
+    make_sparse(source, GIB, GIB // 3)
+    digest = store.put_file(source)
+    assert digest == hash_file(source)
+    assert hash_file(store.blob_path(digest)) == digest
+    assert allocated_bytes(store.blob_path(digest)) <= 2 << 20

@@ -37,6 +37,8 @@ CHUNK_BYTES = 1 << 20
 # Files at least this large are hashed with BLAKE3's multithreaded mode;
 # below it, starting threads costs more than it saves.
 MULTITHREAD_MIN_BYTES = 8 << 20
+# Hashing a sparse file feeds zeros and data in pieces of this size.
+SPARSE_CHUNK_BYTES = 16 << 20
 BLOB_MODE = 0o444
 _SIZE = struct.Struct(">Q")
 # A verification mark: inode, size and mtime_ns of a blob file whose bytes
@@ -58,15 +60,50 @@ def new_hasher(size_hint: int = 0) -> blake3.blake3:
 def hash_file(path: str | bytes) -> Digest:
     """Return the BLAKE3 digest of a file's bytes, multithreaded when large."""
     with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
+        st = os.fstat(f.fileno())
+        size = st.st_size
         hasher = new_hasher(size)
-        if size >= MULTITHREAD_MIN_BYTES:
+        if size >= MULTITHREAD_MIN_BYTES and st.st_blocks * 512 < size:
+            _feed_sparse(hasher, f.fileno(), size)
+        elif size >= MULTITHREAD_MIN_BYTES:
             # update_mmap takes only str paths; fsdecode keeps non-UTF-8
             # bytes as surrogate escapes, which blake3 maps back.
             hasher.update_mmap(os.fsdecode(path))
         else:
             _feed(hasher, f)
     return Digest(hasher.hexdigest())
+
+
+def _feed_sparse(hasher: blake3.blake3, fd: int, size: int) -> None:
+    """Hash a file with holes: data read in chunks, holes as zeros in memory.
+
+    Mapping a hole page by page costs a page fault per 4 KiB, which made
+    hashing a 4 GiB sparse file take 1 to 7 s here; zeros from memory take
+    a tenth of that.
+    """
+    zeros = memoryview(bytes(SPARSE_CHUNK_BYTES))
+    offset = 0
+    while offset < size:
+        try:
+            data = os.lseek(fd, offset, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno != errno.ENXIO:  # ENXIO: no data after `offset`
+                raise
+            data = size
+        data = min(data, size)
+        while offset < data:
+            step = min(SPARSE_CHUNK_BYTES, data - offset)
+            hasher.update(zeros[:step])
+            offset += step
+        if offset >= size:
+            break
+        hole = min(os.lseek(fd, offset, os.SEEK_HOLE), size)
+        while offset < hole:
+            chunk = os.pread(fd, min(SPARSE_CHUNK_BYTES, hole - offset), offset)
+            if not chunk:
+                raise OSError(errno.EIO, f"file shrank while hashed at {offset}")
+            hasher.update(chunk)
+            offset += len(chunk)
 
 
 def _feed(hasher: blake3.blake3, f: BinaryIO) -> None:
@@ -151,6 +188,33 @@ def copy_data_extents(src_fd: int, dst_fd: int, size: int) -> None:
             position += copied
         offset = end
     os.ftruncate(dst_fd, size)
+
+
+# What copy_file_range raises when it cannot copy between these two files.
+_NO_KERNEL_COPY = {errno.EXDEV, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
+
+
+def _kernel_copy(src_fd: int, temp: str, size: int) -> bool:
+    """Copy `size` bytes of `src_fd` to a new file `temp` in the kernel.
+
+    Returns False, leaving no file behind, when the kernel cannot copy
+    between the two filesystems; other errors propagate.
+    """
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        copy_data_extents(src_fd, fd, size)
+    except OSError as exc:
+        os.close(fd)
+        os.unlink(temp)
+        if exc.errno in _NO_KERNEL_COPY:
+            return False
+        raise
+    except BaseException:
+        os.close(fd)
+        os.unlink(temp)
+        raise
+    os.close(fd)
+    return True
 
 
 def fsync_dir(path: str) -> None:
@@ -282,14 +346,26 @@ class Store:
         return self._install(temp, digest, size)
 
     def _copy_to_temp(self, path: str | bytes) -> tuple[str, Digest, int]:
-        """Copy a file into `tmp/`, hashing it on the way; nothing is fsynced.
+        """Copy a file into `tmp/`, hashing what was copied; nothing is fsynced.
 
-        Returns (temporary path, digest, size in bytes). On any error the
-        temporary file is removed.
+        A large file is copied by the kernel over its data extents, then
+        the copy is hashed with several threads: on one filesystem that is
+        about ten times faster than reading it through Python. A smaller
+        file, or one the kernel cannot copy, is copied and hashed in one
+        pass. Either way the digest is that of the copy, the bytes that
+        enter the store. Returns (temporary path, digest, size in bytes).
+        On any error the temporary file is removed.
         """
         temp = self._temp_path()
         with open(path, "rb") as src:
-            hasher = new_hasher(os.fstat(src.fileno()).st_size)
+            size = os.fstat(src.fileno()).st_size
+            if size >= KERNEL_COPY_MIN_BYTES and _kernel_copy(src.fileno(), temp, size):
+                try:
+                    return temp, hash_file(temp), os.stat(temp).st_size
+                except BaseException:
+                    os.unlink(temp)
+                    raise
+            hasher = new_hasher(size)
             with open(temp, "xb") as dst:
                 try:
                     size = copy_sparse_hashing(src, dst, hasher)
