@@ -333,3 +333,54 @@ def test_unprotect_accepts_file_inside_output(store: Store, repo: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert os.stat(repo / "data" / "part1.txt").st_nlink == 1
     assert os.stat(repo / "data" / "part2.txt").st_nlink > 1
+
+
+@pytest.mark.parametrize("link", ["hardlink", "symlink", "reflink,hardlink,copy"])
+def test_run_outputs_linked_as_restores_are(
+    store: Store, repo: Path, link: str
+) -> None:
+    """After a run, outputs are links into the store, as DVC leaves them.
+
+    A fresh output is then what a restore would write, and it is kept once,
+    in the store.
+    """
+    write_pipeline(repo)
+    assert repro(store, repo, link)["train"] == "ran"
+    assert is_blob_link(store, repo / "data" / "part1.txt")
+    assert is_blob_link(store, repo / "model.txt")
+    tool = repo / "bin" / "tool"
+    assert not is_blob_link(store, tool)
+    assert stat.S_IMODE(os.stat(tool).st_mode) == 0o755
+    # Uncached metrics stay the run's own file.
+    assert not is_blob_link(store, repo / "metrics.json")
+    assert repro(store, repo, link) == {
+        "prepare": "skipped",
+        "train": "skipped",
+        "evaluate": "skipped",
+    }
+    assert fsck(store).ok
+
+
+@pytest.mark.parametrize("link", ["copy", "reflink,copy"])
+def test_run_outputs_stay_files_with_copies(
+    store: Store, repo: Path, link: str
+) -> None:
+    write_pipeline(repo)
+    repro(store, repo, link)
+    part = repo / "data" / "part1.txt"
+    assert not is_blob_link(store, part)
+    assert os.access(part, os.W_OK)
+
+
+def test_persist_output_stays_private(store: Store, repo: Path) -> None:
+    (repo / "dvc.yaml").write_text(
+        "stages:\n"
+        "  grow:\n"
+        "    cmd: echo line >> log.txt\n"
+        "    outs: [{log.txt: {persist: true}}]\n"
+    )
+    repro(store, repo, "hardlink")
+    log = repo / "log.txt"
+    assert not os.path.islink(log)
+    assert os.stat(log).st_nlink == 1
+    assert os.access(log, os.W_OK)

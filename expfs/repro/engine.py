@@ -506,6 +506,13 @@ class Repro:
             if status != 0:
                 raise StageFailed(stage.name, status)
         outputs = self._collect(stage)
+        self.place.adopt(
+            [
+                o
+                for o, out in zip(outputs, stage.outs, strict=True)
+                if out.cache and not out.persist
+            ]
+        )
         after = self.fingerprint(stage)
         duration = time.monotonic() - started
         if after.key != inputs.key:

@@ -48,11 +48,25 @@ class Place(Protocol):
         """Remove `path` (file or folder) if present."""
         ...
 
+    def adopt(self, outputs: list[OutputRecord]) -> None:
+        """Make outputs a run just stored look as a restore would write them."""
+        ...
+
 
 def _record(
     path: str, kind: Kind, digest: Digest, mode: int, size: int
 ) -> OutputRecord:
     return OutputRecord(path=path, kind=int(kind), digest=digest, mode=mode, size=size)
+
+
+def links_first(link_types: Sequence[str]) -> bool:
+    """Return True when a hard link or a symlink comes before any copy."""
+    for link_type in link_types:
+        if link_type in ("hardlink", "symlink"):
+            return True
+        if link_type == "copy":
+            return False
+    return False
 
 
 class CheckoutPlace:
@@ -117,6 +131,19 @@ class CheckoutPlace:
         os.makedirs(os.path.dirname(target), exist_ok=True)
         CheckoutWriter(self.store, self.link_types).write(out, target)
 
+    def adopt(self, outputs: list[OutputRecord]) -> None:
+        """Replace a run's outputs by links to the store, as DVC does.
+
+        Only when the link types put a hard link or a symlink before any
+        copy: a fresh file already is what a copy or a reflink would give.
+        The output is then kept once, in the store, and read-only until
+        `expfs unprotect`, as a restored one is.
+        """
+        if not links_first(self.link_types):
+            return
+        for out in outputs:
+            self.put(out)
+
     def remove(self, path: str) -> None:
         target = self._abs(path)
         if os.path.isdir(target) and not os.path.islink(target):
@@ -177,6 +204,9 @@ class DaemonPlace:
     def remove(self, path: str) -> None:
         if os.path.lexists(os.path.join(self.root, path)):
             self.client.remove_path(os.fsencode(path))
+
+    def adopt(self, outputs: list[OutputRecord]) -> None:
+        """Nothing to do: a mount's outputs already share the store's blobs."""
 
 
 class ControlClientLike(Protocol):
