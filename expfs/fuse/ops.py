@@ -461,7 +461,12 @@ class WorkspaceOperations(pyfuse3.Operations):
 
     @operation
     async def release(self, fh: int) -> None:
-        self.workspace.release(fh)
+        workspace = self.workspace
+        ino = workspace.handle(fh).ino
+        workspace.release(fh)
+        # A file the kernel forgot while it was open leaves only now.
+        if ino not in workspace.nodes:
+            self.pins.forgotten(ino)
 
     @operation
     async def fsync(self, fh: int, datasync: bool) -> None:
