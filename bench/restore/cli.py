@@ -13,7 +13,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bench.restore.data import GiB, file_case, folder_case, parse_size
+from bench.restore.data import (
+    FILE_BYTES_IN_FOLDERS,
+    GiB,
+    file_case,
+    folder_case,
+    parse_size,
+)
 from bench.restore.env import (
     EXPFS,
     dvc_env,
@@ -32,7 +38,7 @@ BENCH_DIR = Path(__file__).resolve().parent.parent
 PROJECT = BENCH_DIR.parent
 FULL = {
     "sizes": "1K,1M,100M,1G,10G",
-    "files": "100,10000,100000",
+    "files": "100,10000,100000,100x10M",
     "bases": "1000,10000,100000",
     "reps": 5,
     "warmups": 1,
@@ -69,7 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"single-file output sizes, comma-separated, K/M/G binary units (default {FULL['sizes']})",
     )
     parser.add_argument(
-        "--files", help=f"file counts of folder outputs (default {FULL['files']})"
+        "--files",
+        help="folder outputs: a file count (files of 4 KiB) or COUNTxSIZE, "
+        f"comma-separated (default {FULL['files']})",
     )
     parser.add_argument(
         "--bases", help=f"file counts of workspace bases (default {FULL['bases']})"
@@ -145,6 +153,27 @@ def numbers(text: str) -> list[int]:
     return [int(part.replace("_", "")) for part in text.split(",") if part.strip()]
 
 
+def folder_specs(text: str) -> list[tuple[int, int]]:
+    """Parse folder outputs: `COUNT` (files of 4 KiB) or `COUNTxSIZE`, comma-separated."""
+    specs = []
+    for part in text.split(","):
+        if not part.strip():
+            continue
+        count, _, size = part.strip().partition("x")
+        if not count.replace("_", "").isdigit():
+            raise SystemExit(
+                f"invalid folder output {part!r} in --files: give a file count "
+                "such as 10000, or a count and a file size such as 100x10M"
+            )
+        specs.append(
+            (
+                int(count.replace("_", "")),
+                parse_size(size) if size else FILE_BYTES_IN_FOLDERS,
+            )
+        )
+    return specs
+
+
 def resolve(args: argparse.Namespace) -> dict[str, Any]:
     """Fill unset options from the full or quick defaults."""
     defaults = QUICK if args.quick else FULL
@@ -153,12 +182,16 @@ def resolve(args: argparse.Namespace) -> dict[str, Any]:
         for key, value in defaults.items()
     }
     config["sizes"] = [parse_size(s) for s in config["sizes"].split(",") if s.strip()]
-    config["files"] = numbers(config["files"])
+    config["files"] = folder_specs(config["files"])
     config["bases"] = numbers(config["bases"])
     config["readback_size"] = parse_size(config["readback_size"])
     if args.skip_large:
         config["sizes"] = [s for s in config["sizes"] if s <= LARGE_BYTES]
-        config["files"] = [n for n in config["files"] if n <= LARGE_FILES]
+        config["files"] = [
+            (n, b)
+            for n, b in config["files"]
+            if n <= LARGE_FILES and n * b <= LARGE_BYTES
+        ]
         config["bases"] = [n for n in config["bases"] if n <= LARGE_FILES]
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
     unknown = sorted(set(parts) - set(PARTS))
@@ -195,7 +228,7 @@ def run_all(config: dict[str, Any], dvc: Dvc, work: Path) -> dict[str, Any]:
     record: dict[str, Any] = {}
     if "restore" in config["parts"]:
         cases = [file_case(s, config["sparse_above"]) for s in config["sizes"]]
-        cases += [folder_case(n) for n in config["files"]]
+        cases += [folder_case(n, b) for n, b in config["files"]]
         record["restore"] = []
         for index, case in enumerate(cases):
             reason = check_space(case, work)

@@ -1,7 +1,7 @@
 """Outputs to restore: their generation, manifests and verification.
 
-A case is one output shape: a single file of some size, or a folder of many
-4 KiB files. Its variant A is the output being measured and variant B a
+A case is one output shape: a single file of some size, or a folder of
+files of one size (4 KiB unless given). Its variant A is the output being measured and variant B a
 tiny one of the same kind, so flipping a param from B back to A makes every
 tool restore exactly A, having first removed B.
 """
@@ -60,7 +60,10 @@ def size_label(size_bytes: int) -> str:
 
 @dataclass(frozen=True)
 class Case:
-    """One output shape: a file of `size_bytes`, or a folder of `files` files."""
+    """One output shape: a file of `size_bytes`, or a folder of `files` files.
+
+    A folder's files are each `size_bytes // files` bytes.
+    """
 
     kind: str
     size_bytes: int
@@ -71,31 +74,34 @@ class Case:
     def name(self) -> str:
         if self.kind == "file":
             return f"file-{size_label(self.size_bytes).replace(' ', '')}"
-        return f"folder-{self.files}"
+        if self.file_bytes == FILE_BYTES_IN_FOLDERS:
+            return f"folder-{self.files}"
+        return f"folder-{self.files}x{size_label(self.file_bytes).replace(' ', '')}"
+
+    @property
+    def file_bytes(self) -> int:
+        """Bytes of each file: the whole output, or one file of a folder."""
+        return self.size_bytes if self.kind == "file" else self.size_bytes // self.files
 
     @property
     def label(self) -> str:
         if self.kind == "file":
             sparse = ", sparse" if self.sparse else ""
             return f"1 file of {size_label(self.size_bytes)}{sparse}"
-        return f"{self.files:,} files of 4 KiB"
+        return f"{self.files:,} files of {size_label(self.file_bytes)}"
 
     @property
     def disk_bytes(self) -> int:
         """Bytes one full copy of variant A takes once a tool has written its holes."""
-        return (
-            self.size_bytes
-            if self.kind == "file"
-            else self.files * FILE_BYTES_IN_FOLDERS
-        )
+        return self.size_bytes
 
 
 def file_case(size_bytes: int, sparse_above: int) -> Case:
     return Case("file", size_bytes, 1, sparse=size_bytes > sparse_above)
 
 
-def folder_case(files: int) -> Case:
-    return Case("folder", files * FILE_BYTES_IN_FOLDERS, files)
+def folder_case(files: int, file_bytes: int = FILE_BYTES_IN_FOLDERS) -> Case:
+    return Case("folder", files * file_bytes, files)
 
 
 def write_file(path: Path, size_bytes: int, sparse: bool, mode: int) -> None:
@@ -111,7 +117,9 @@ def write_file(path: Path, size_bytes: int, sparse: bool, mode: int) -> None:
     os.chmod(path, mode)
 
 
-def write_folder(path: Path, files: int) -> None:
+def write_folder(
+    path: Path, files: int, file_bytes: int = FILE_BYTES_IN_FOLDERS
+) -> None:
     path.mkdir()
     for i in range(files):
         sub = path / f"d{i // FILES_PER_SUBFOLDER:04}"
@@ -119,7 +127,7 @@ def write_folder(path: Path, files: int) -> None:
             sub.mkdir()
         mode = 0o755 if i % EXECUTABLE_EVERY == EXECUTABLE_EVERY - 1 else 0o644
         target = sub / f"f{i:06}.bin"
-        target.write_bytes(os.urandom(FILE_BYTES_IN_FOLDERS))
+        target.write_bytes(os.urandom(file_bytes))
         os.chmod(target, mode)
 
 
@@ -131,7 +139,7 @@ def write_variants(case: Case, root: Path) -> None:
         write_file(root / "A" / "out", case.size_bytes, case.sparse, 0o644)
         write_file(root / "B" / "out", 16, False, 0o644)
     else:
-        write_folder(root / "A" / "out", case.files)
+        write_folder(root / "A" / "out", case.files, case.file_bytes)
         write_folder(root / "B" / "out", 1)
 
 

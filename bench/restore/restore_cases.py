@@ -241,6 +241,7 @@ class CaseRun:
             "kind": self.case.kind,
             "size_bytes": self.case.size_bytes,
             "files": self.case.files,
+            "file_bytes": self.case.file_bytes,
             "sparse": self.case.sparse,
             "tools": {name: vars(result) for name, result in self.results.items()},
         }
@@ -272,6 +273,7 @@ def skipped_case(case: Case, reason: str) -> dict[str, Any]:
         "kind": case.kind,
         "size_bytes": case.size_bytes,
         "files": case.files,
+        "file_bytes": case.file_bytes,
         "sparse": case.sparse,
         "skipped": reason,
         "tools": {},
