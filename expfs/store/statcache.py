@@ -20,6 +20,10 @@ from expfs.store.lmdbenv import Environment
 from expfs.store.trees import Digest
 
 _VALUE = struct.Struct(">QqqQ32s")
+# Files whose ctime is this close to the time they are hashed are not
+# cached: another write in the same clock tick would leave size, mtime and
+# ctime unchanged ("racy" files, as Git calls them).
+RACY_WINDOW_NS = 2_000_000_000
 
 
 def path_key(abspath: bytes) -> bytes:

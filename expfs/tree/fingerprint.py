@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from expfs.store.links import LinkRecords
 from expfs.store.objects import Store, hash_file
-from expfs.store.statcache import StatCache
+from expfs.store.statcache import RACY_WINDOW_NS, StatCache
 from expfs.store.trees import (
     Digest,
     Entry,
@@ -27,7 +27,7 @@ from expfs.store.trees import (
     encode_tree,
     tree_digest,
 )
-from expfs.tree.snapshot import RACY_WINDOW_NS, Listing, walk_folder
+from expfs.tree.snapshot import Listing, walk_folder
 
 
 @dataclass(frozen=True)

@@ -16,16 +16,12 @@ from dataclasses import dataclass, field
 
 from expfs.errors import SnapshotError, UsageError
 from expfs.store.objects import Store
-from expfs.store.statcache import StatCache, stat_fields
+from expfs.store.statcache import RACY_WINDOW_NS, StatCache, stat_fields
 from expfs.store.trees import Digest, Entry, Kind, check_name
 from expfs.tree.build import build_trees
 
 log = logging.getLogger(__name__)
 
-# Files whose ctime is this close to the start of the snapshot are hashed but
-# not cached: another write in the same clock tick would leave size, mtime
-# and ctime unchanged ("racy" files, as Git calls them).
-RACY_WINDOW_NS = 2_000_000_000
 
 ProgressFn = Callable[[int, int, int], None]
 """Called as progress(files_done, files_total, bytes_read)."""

@@ -32,7 +32,7 @@ from expfs.store import layout
 from expfs.store.lazy import is_available, lazy_mark, put_marked_trees
 from expfs.store.lmdbenv import close_environment, open_environment
 from expfs.store.objects import Store, hash_file
-from expfs.store.statcache import StatCache, stat_fields
+from expfs.store.statcache import RACY_WINDOW_NS, StatCache, stat_fields
 from expfs.store.trees import (
     MAX_NAME_BYTES,
     Digest,
@@ -189,6 +189,9 @@ class Workspace:
         self.handles: dict[int, Node] = {}
         self._next_fh = itertools.count(1)
         self._clean_dirs: dict[int, tuple[int, bytes]] = {}
+        # Digests of upper files not written since they were hashed; every
+        # write path drops the entry (see `_upper_digest`).
+        self._upper_digests: dict[int, Digest] = {}
         self.hidden_root_names: set[bytes] = set()
         self.writeback_cache = False
         self._recover()
@@ -672,6 +675,7 @@ class Workspace:
             batch.delete(DB_DIRENTS, dirent_key(directory.ino, name))
 
     def _drop_record(self, batch: Batch, ino: int) -> None:
+        self._upper_digests.pop(ino, None)
         batch.delete(DB_INODES, ino_key(ino))
         batch.delete(DB_ORPHANS, ino_key(ino))
         for name, _ in self._prefix_items(DB_XATTRS, ino_key(ino)):
@@ -982,6 +986,7 @@ class Workspace:
         node = self.handle(fh)
         if not node.record.upper:
             self.copy_up(node.ino)
+        self._upper_digests.pop(node.ino, None)
         written = os.pwrite(self._backing_fd(node), data, offset)
         record = node.record
         record.size = max(record.size, offset + written)
@@ -1020,6 +1025,7 @@ class Workspace:
             self.finish_copy_up(job)
 
     def _become_upper(self, batch: Batch, node: Node) -> None:
+        self._upper_digests.pop(node.ino, None)
         node.record.upper = True
         if node.fd is not None:
             # Handles share this descriptor, so readers switch to the copy.
@@ -1034,6 +1040,7 @@ class Workspace:
                 self._become_upper(batch, node)
             else:
                 self.copy_up(node.ino)
+        self._upper_digests.pop(node.ino, None)
         os.truncate(self.upper.path(node.ino), size)
         node.record.size = size
         self._touch(node)
@@ -1269,20 +1276,29 @@ class Workspace:
     def _upper_digest(self, node: Node, *, store: bool) -> Digest:
         """Return an upper file's digest, storing its blob when `store` is set.
 
-        The store's stat cache keeps the digest of each upper file hashed
-        before, so a file left alone since is not read again: a snapshot or
-        an up-to-date check costs only the files written since. Writes reach
-        upper files through this daemon and change their mtime and ctime.
+        A file left alone since it was last hashed is not read again, so a
+        snapshot or an up-to-date check costs only the files written since.
+        Every write reaches upper files through this workspace and drops
+        the file's entry in `_upper_digests`, so that memo is exact. The
+        store's stat cache carries digests over to the next daemon, but only
+        for files whose ctime is older than the racy window: a second write
+        within one clock tick leaves size, mtime and ctime unchanged.
         """
         path = os.path.abspath(self.upper.path(node.ino))
+        known = self._upper_digests.get(node.ino)
+        cache = StatCache(self.store.env)
         key = os.fsencode(path)
         before = os.stat(path)
-        cache = StatCache(self.store.env)
-        known = cache.lookup_many([(key, before)]).get(key)
+        if known is None:
+            known = cache.lookup_many([(key, before)]).get(key)
         if known is not None and (not store or self.store.has_blob(known)):
+            self._upper_digests[node.ino] = known
             return known
         digest = self.store.put_file(path) if store else hash_file(path)
-        if stat_fields(os.stat(path)) == stat_fields(before):
+        if stat_fields(os.stat(path)) != stat_fields(before):
+            return digest
+        self._upper_digests[node.ino] = digest
+        if time.time_ns() - before.st_ctime_ns > RACY_WINDOW_NS:
             cache.record_many([(key, before, digest)])
         return digest
 
