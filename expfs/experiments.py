@@ -153,6 +153,34 @@ def update_experiment(store: Store, name: str, **changes: Any) -> Experiment:
     return result
 
 
+def update_experiment_if(
+    store: Store, name: str, expected_status: str, **changes: Any
+) -> Experiment | None:
+    """Change fields of experiment `name` if its status is `expected_status`.
+
+    Returns the changed record, or None when the status differs.
+
+    The check and the change happen in one transaction, so of several
+    processes that try, one gets the record and the others get None.
+    """
+    key = os.fsencode(name)
+    handle = _db(store)
+
+    def write(txn: Any) -> Experiment | None:
+        data = txn.get(key, db=handle)
+        if data is None:
+            return None
+        current = Experiment.from_json(data)
+        if current.status != expected_status:
+            return None
+        updated = replace(current, **changes)
+        txn.put(key, updated.to_json(), db=handle)
+        return updated
+
+    result: Experiment | None = store.env.write(write)
+    return result
+
+
 def _put(store: Store, experiment: Experiment) -> None:
     key = os.fsencode(experiment.name)
     store.env.put(layout.DB_EXPERIMENTS, key, experiment.to_json())

@@ -36,6 +36,7 @@ from expfs.experiments import (
     repo_root,
     snapshot_base,
     update_experiment,
+    update_experiment_if,
     validate_name,
 )
 from expfs.store import layout
@@ -285,6 +286,23 @@ def _clear_stop(store: Store, name: str) -> None:
         pass
 
 
+def claim_experiment(store: Store, name: str) -> Experiment | None:
+    """Mark queued experiment `name` running, in one transaction, and return it.
+
+    Returns None, changing nothing, when it is not queued: another process
+    (a second runner, `exp kill`) got to it first.
+    """
+    return update_experiment_if(
+        store,
+        name,
+        STATUS_QUEUED,
+        status=STATUS_RUNNING,
+        started=time.time(),
+        finished=None,
+        error="",
+    )
+
+
 def run_log_path(store: Store, name: str) -> str:
     return os.path.join(store.root, layout.LOGS_DIR, f"{name}.run.log")
 
@@ -388,6 +406,11 @@ class Runner:
     no_remote: bool = False
     # Where the stages' stderr is echoed, prefixed, when `echo` gets their stdout.
     echo_errors: TextIO = field(default_factory=lambda: sys.stderr)
+    # Polled like `stop_event`: true once `expfs queue stop` asked to stop.
+    stop_requested: Callable[[], bool] | None = None
+    # Whether an experiment that a stop keeps from starting stays queued
+    # (the queue: a later `queue start` runs it) or is marked stopped.
+    keep_unstarted_queued: bool = False
 
     def __post_init__(self) -> None:
         self.stop_event = self.stop_event or threading.Event()
@@ -438,12 +461,7 @@ class Runner:
                     self.creator.join()
                 for name, future in zip(names, futures, strict=True):
                     if future.cancel() and self._created(name):
-                        update_experiment(
-                            self.store,
-                            name,
-                            status=STATUS_STOPPED,
-                            error="stopped before it started",
-                        )
+                        self._not_started(name)
                 pool.shutdown(wait=True)
                 raise
             finally:
@@ -471,29 +489,38 @@ class Runner:
             return None
         return self.run_one(name)
 
+    def _stopping(self) -> bool:
+        assert self.stop_event is not None
+        if self.stop_event.is_set():
+            return True
+        return self.stop_requested is not None and self.stop_requested()
+
+    def _not_started(self, name: str) -> Experiment:
+        """Record that a stop kept experiment `name` from starting."""
+        if self.keep_unstarted_queued:
+            return get_experiment(self.store, name)
+        return update_experiment(
+            self.store, name, status=STATUS_STOPPED, error="stopped before it started"
+        )
+
     def run_one(self, name: str) -> Experiment:
-        """Mount, apply overrides, repro, record, unmount: one experiment."""
+        """Mount, apply overrides, repro, record, unmount: one experiment.
+
+        The experiment must be queued. One that another process has
+        started meanwhile is left alone and its record returned.
+        """
         from expfs.fuse.mounts import start_mount, stop_mount
         from expfs.remote.lazy import BLOB_SOURCE
         from expfs.repro.engine import StageStopped
 
-        assert self.stop_event is not None
-        if self.stop_event.is_set():
-            return update_experiment(
-                self.store,
-                name,
-                status=STATUS_STOPPED,
-                error="stopped before it started",
-            )
+        if self._stopping():
+            return self._not_started(name)
         _clear_stop(self.store, name)
-        experiment = update_experiment(
-            self.store,
-            name,
-            status=STATUS_RUNNING,
-            started=time.time(),
-            finished=None,
-            error="",
-        )
+        experiment = claim_experiment(self.store, name)
+        if experiment is None:
+            current = get_experiment(self.store, name)
+            self._say(name, f"not started: it is {current.status} already")
+            return current
         row = self.rows.setdefault(name, Row())
         row.status, row.started = STATUS_RUNNING, time.monotonic()
         self._say(
@@ -561,9 +588,7 @@ class Runner:
 
     def _cancelled(self, name: str) -> Callable[[], bool]:
         flag = stop_flag_path(self.store, name)
-        event = self.stop_event
-        assert event is not None
-        return lambda: event.is_set() or os.path.exists(flag)
+        return lambda: self._stopping() or os.path.exists(flag)
 
     def _run_in_mount(
         self,
@@ -748,17 +773,6 @@ def run_experiments(
     if creator.error is not None:
         raise creator.error
     return finished
-
-
-def start_queue(
-    store: Store, jobs: int, echo: TextIO | None = sys.stdout
-) -> list[Experiment]:
-    """Run every queued experiment, oldest first."""
-    queued = sorted(
-        (e for e in list_experiments(store) if e.status == STATUS_QUEUED),
-        key=lambda e: e.created,
-    )
-    return Runner(store, jobs=jobs, echo=echo).run_all([e.name for e in queued])
 
 
 def stop_experiments(
