@@ -140,10 +140,12 @@ def _summary(experiments: list[Any]) -> int:
 
 
 def cmd_exp_run(args: argparse.Namespace) -> int:
+    from expfs.experiments import reject_in_workspace
     from expfs.store.repo import store_for
     from expfs.sweep import run_experiments
     from expfs_cli.signals import stop_on_signals
 
+    reject_in_workspace("exp run", ".")
     if args.cluster is not None:
         from expfs_cli.cluster_cmds import cmd_exp_run_cluster
 

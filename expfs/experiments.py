@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 MAX_NAME_BYTES = 100
 # Worktrees of experiments live here, one empty folder (but for Git's `.git`
 # file) per experiment, so `git worktree prune` keeps their git folders.
-WORKTREES_DIR = "worktrees"
+WORKTREES_DIR = layout.WORKTREES_DIR
 # Worktree indexes already built, one per (base commit, base snapshot).
 INDEX_CACHE_DIR = "worktree-index"
 
@@ -104,6 +104,28 @@ def validate_name(name: str) -> None:
             f"invalid experiment name {name!r}: {problem}; use letters, digits, "
             "'_', '-' and '.', starting with a letter or digit"
         )
+
+
+def reject_in_workspace(command: str, cwd: str, other_fix: str = "") -> None:
+    """Raise UsageError when `cwd` is in a mounted experiment's workspace.
+
+    `command` makes experiments from the project's checkout, whatever
+    folder it runs in, so run inside a workspace it would silently ignore
+    the files the user sees there.
+    """
+    from expfs.store.repo import mounted_workspace
+
+    mounted = mounted_workspace(cwd)
+    if mounted is None:
+        return
+    raise UsageError(
+        f"{os.path.abspath(cwd)} is in the workspace of experiment {mounted.name} "
+        f"(mounted at {mounted.mountpoint}), but `expfs {command}` makes "
+        f"experiments from the project's checkout {mounted.project}, not from "
+        f"this workspace. Run `expfs repro` here to run the pipeline in "
+        f"{mounted.name}, or run `expfs {command}` in {mounted.project}"
+        + (f", {other_fix}" if other_fix else "")
+    )
 
 
 def repo_root(store: Store) -> str:
