@@ -705,6 +705,92 @@ def collect_metrics(pipeline: Any, root: Path) -> dict[str, dict[str, Any]]:
     return found
 
 
+def record_base_params(store: Store, experiment: Experiment) -> Experiment:
+    """Record the params that experiment's base snapshot gives, for `exp show`.
+
+    An experiment made by `exp new` has run nothing yet; its params are
+    read from the params files in its base, written to a temporary folder.
+    """
+    import tempfile
+
+    from expfs.pipeline import load_pipeline
+    from expfs.pipeline.params import DEFAULT_PARAMS_FILE
+
+    base = Digest(experiment.base)
+    with tempfile.TemporaryDirectory(prefix="expfs-params-") as scratch:
+        folder = Path(scratch)
+        pipeline = None
+        if _copy_from_snapshot(store, base, "dvc.yaml", folder):
+            _copy_from_snapshot(store, base, DEFAULT_PARAMS_FILE, folder)
+            try:
+                pipeline = load_pipeline(folder / "dvc.yaml", folder, check_graph=False)
+            except ExpfsError as exc:
+                log.warning(
+                    "params of experiment %s not read: %s", experiment.name, exc
+                )
+        files = {DEFAULT_PARAMS_FILE}
+        if pipeline is not None:
+            files.update(pipeline.params_files)
+            for stage in pipeline.stages.values():
+                files.update(p.workspace_path for p in stage.params)
+        for name in files:
+            _copy_from_snapshot(store, base, name, folder)
+        params = collect_params(pipeline, folder)
+    return update_experiment(store, experiment.name, params=params)
+
+
+def _copy_from_snapshot(store: Store, root: Digest, path: str, folder: Path) -> bool:
+    """Write file `path` of snapshot `root` below `folder`; return whether it exists."""
+    from expfs.repro.place import entry_at
+    from expfs.store.trees import Kind
+
+    target = folder / path
+    if target.exists():
+        return True
+    entry = entry_at(store, root, path)
+    if entry is None or entry.kind is not Kind.FILE or not store.has_blob(entry.digest):
+        return False
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(store.read_blob(entry.digest))
+    return True
+
+
+def record_workspace_run(
+    store: Store,
+    name: str,
+    pipeline: Any,
+    root: Path,
+    outcome: str,
+    *,
+    started: float,
+    error: str = "",
+) -> None:
+    """Record what a repro in experiment `name`'s mount at `root` gave.
+
+    The params always, and on success the metrics and the workspace's
+    snapshot, as a run by `exp run` records them.
+    """
+    changes: dict[str, Any] = {"params": collect_params(pipeline, root)}
+    if outcome == STATUS_SUCCESS:
+        from expfs.fuse.control import ControlClient
+
+        changes["metrics"] = collect_metrics(pipeline, root)
+        with ControlClient(store.root, name, timeout_s=None) as client:
+            changes["result"] = client.snapshot()
+    try:
+        update_experiment(
+            store,
+            name,
+            status=outcome,
+            error=error,
+            started=started,
+            finished=time.time(),
+            **changes,
+        )
+    except ExpfsError as exc:
+        log.warning("the run in experiment %s was not recorded: %s", name, exc)
+
+
 def _jsonable(values: dict[str, Any]) -> dict[str, Any]:
     import json
 

@@ -57,6 +57,39 @@ def shown(project: Path) -> dict[str, dict]:
     return {row["name"]: row for row in rows}
 
 
+def test_exp_new_shows_base_params(project: Path) -> None:
+    row = shown(project)["e1"]
+    assert row["params"]["params.yaml"] == {"lr": 0.1, "depth": 2}
+
+
+def test_repro_in_mount_records_params_metrics(project: Path) -> None:
+    mountpoint = mount(project)
+    (mountpoint / "params.yaml").write_text("lr: 0.5\ndepth: 2\n")
+    run(mountpoint, "repro")
+    row = shown(project)["e1"]
+    assert row["params"]["params.yaml"] == {"lr": 0.5, "depth": 2}
+    assert row["metrics"]["score.json"] == {"score": 1.0}
+    assert row["status"] == "success"
+    diff = json.loads(run(project, "exp", "diff", "workspace", "e1", "--json").stdout)
+    params = {c["key"]: (c["old"], c["new"]) for c in diff["params"]}
+    metrics = {c["key"]: c["new"] for c in diff["metrics"]}
+    assert params["lr"] == (0.1, 0.5)
+    assert metrics["score"] == 1.0
+    # The experiment's record is what `exp show` reads, also once unmounted.
+    run(project, "umount", "e1")
+    assert show(project)["e1"].metrics == {"score.json": {"score": 1.0}}  # type: ignore[attr-defined]
+
+
+def test_failed_repro_in_mount_records_params(project: Path) -> None:
+    mountpoint = mount(project)
+    (mountpoint / "params.yaml").write_text("lr: -1\ndepth: 3\n")
+    failed = run(mountpoint, "repro", check=False)
+    assert failed.returncode != 0
+    row = shown(project)["e1"]
+    assert row["params"]["params.yaml"] == {"lr": -1, "depth": 3}
+    assert row["status"] == "failed"
+
+
 @pytest.mark.parametrize(
     "command",
     [["exp", "run", "-S", "lr=0.2"], ["exp", "run", "--queue"], ["exp", "new", "e2"]],
