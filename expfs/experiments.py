@@ -10,6 +10,7 @@ base and never touches the user's checkout or index.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -224,6 +225,7 @@ def create_experiment(
     overrides: tuple[str, ...] = (),
     commit: str | None = None,
     params: dict[str, dict[str, Any]] | None = None,
+    start: Digest | None = None,
 ) -> Experiment:
     """Create experiment `name` from commit `from_rev` or the working tree.
 
@@ -233,6 +235,8 @@ def create_experiment(
     A sweep snapshots once and passes that `base` to every experiment, with
     the `commit` that `from_rev` (or HEAD) names, and the `params` its
     overrides will give, which the run records again once it has read them.
+    The workspace starts at snapshot `start` (default: the base), as for an
+    experiment pulled from a remote after it ran elsewhere.
     """
     from expfs.workspace import Workspace
 
@@ -247,9 +251,10 @@ def create_experiment(
     if base is None:
         base = snapshot_base(store, repo, from_rev)
     if Workspace.exists(store, name):
-        log.warning("removing the orphan workspace %s left without a record", name)
-        Workspace.remove(store, name)
-    Workspace.create(store, name, base).close()
+        with hold_workspace(store, name):
+            log.warning("removing the orphan workspace %s left without a record", name)
+            Workspace.remove(store, name)
+    Workspace.create(store, name, start or base).close()
     gitdir = None
     try:
         gitdir = add_worktree(
@@ -347,11 +352,30 @@ def remove_experiment(store: Store, name: str) -> None:
             f"experiment {name!r} is mounted at {status.mountpoint} (daemon pid "
             f"{status.pid}): run `expfs umount {name}` first"
         )
-    remove_worktree(store, repo_root(store), name, experiment.gitdir)
-    if Workspace.exists(store, name):
-        Workspace.remove(store, name)
-    _delete(store, name)
+    lock = hold_workspace(store, name) if Workspace.exists(store, name) else None
+    with lock or contextlib.nullcontext():
+        remove_worktree(store, repo_root(store), name, experiment.gitdir)
+        if Workspace.exists(store, name):
+            Workspace.remove(store, name)
+        _delete(store, name)
     log.info("removed experiment %s", name)
+
+
+def hold_workspace(store: Store, name: str) -> contextlib.AbstractContextManager[int]:
+    """Hold the lock of experiment `name`'s workspace, which must exist.
+
+    `repro`, `unprotect` and a stage they started hold it while they write
+    there, so a command that would replace or read the whole workspace
+    fails at once, naming them, instead (see `expfs.repro.busy`).
+    """
+    from expfs.fuse.control import mount_status
+    from expfs.repro.busy import workspace_lock
+    from expfs.workspace import Workspace
+
+    folder = Workspace.folder_of(store, name)
+    mount = mount_status(store, name)
+    where = mount.mountpoint if mount.state == "mounted" else None
+    return workspace_lock(folder, where or f"{folder} (experiment {name})")
 
 
 # -- the Git worktree a mount links to -----------------------------------------
