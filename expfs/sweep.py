@@ -721,13 +721,14 @@ def record_base_params(store: Store, experiment: Experiment) -> Experiment:
         folder = Path(scratch)
         pipeline = None
         if _copy_from_snapshot(store, base, "dvc.yaml", folder):
-            _copy_from_snapshot(store, base, DEFAULT_PARAMS_FILE, folder)
+            for name in [DEFAULT_PARAMS_FILE, *_vars_files(folder / "dvc.yaml")]:
+                _copy_from_snapshot(store, base, name, folder)
             try:
                 pipeline = load_pipeline(folder / "dvc.yaml", folder, check_graph=False)
             except ExpfsError as exc:
-                log.warning(
-                    "params of experiment %s not read: %s", experiment.name, exc
-                )
+                # Without the stage file only params.yaml is read, as for a
+                # failed run, and `exp run` reports the error itself.
+                log.debug("stage file of experiment %s: %s", experiment.name, exc)
         files = {DEFAULT_PARAMS_FILE}
         if pipeline is not None:
             files.update(pipeline.params_files)
@@ -739,11 +740,36 @@ def record_base_params(store: Store, experiment: Experiment) -> Experiment:
     return update_experiment(store, experiment.name, params=params)
 
 
+def _vars_files(stage_file: Path) -> list[str]:
+    """Return the files that the `vars` lists of `stage_file` name (`FILE[:KEYS]`)."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(stage_file.read_text())
+    except (OSError, ValueError, yaml.YAMLError):
+        return []
+    if not isinstance(data, dict):
+        return []
+    lists = [data.get("vars")]
+    stages = data.get("stages")
+    if isinstance(stages, dict):
+        lists += [s.get("vars") for s in stages.values() if isinstance(s, dict)]
+    return [
+        item.split(":", 1)[0]
+        for entries in lists
+        if isinstance(entries, list)
+        for item in entries
+        if isinstance(item, str)
+    ]
+
+
 def _copy_from_snapshot(store: Store, root: Digest, path: str, folder: Path) -> bool:
     """Write file `path` of snapshot `root` below `folder`; return whether it exists."""
     from expfs.repro.place import entry_at
     from expfs.store.trees import Kind
 
+    if os.path.isabs(path) or ".." in Path(path).parts:
+        return False
     target = folder / path
     if target.exists():
         return True

@@ -62,6 +62,36 @@ def test_exp_new_shows_base_params(project: Path) -> None:
     assert row["params"]["params.yaml"] == {"lr": 0.1, "depth": 2}
 
 
+def test_exp_new_reads_params_of_its_base(project: Path) -> None:
+    (project / "params.yaml").write_text("lr: 0.7\ndepth: 2\n")
+    run(project, "exp", "new", "uncommitted")
+    run(project, "exp", "new", "committed", "--from", "HEAD")
+    rows = shown(project)
+    assert rows["uncommitted"]["params"]["params.yaml"]["lr"] == 0.7
+    assert rows["committed"]["params"]["params.yaml"]["lr"] == 0.1
+
+
+VARS_STAGE = """\
+vars:
+  - config.yaml
+stages:
+  train:
+    cmd: python3 train.py ${epochs}
+    deps: [train.py]
+    params: [lr, depth, {config.yaml: [epochs]}]
+    outs: [model.txt]
+"""
+
+
+def test_exp_new_reads_params_with_vars_file(project: Path) -> None:
+    (project / "dvc.yaml").write_text(VARS_STAGE)
+    (project / "config.yaml").write_text("epochs: 3\n")
+    run(project, "exp", "new", "e2")
+    params = shown(project)["e2"]["params"]
+    assert params["config.yaml"] == {"epochs": 3}
+    assert params["params.yaml"] == {"lr": 0.1, "depth": 2}
+
+
 def test_repro_in_mount_records_params_metrics(project: Path) -> None:
     mountpoint = mount(project)
     (mountpoint / "params.yaml").write_text("lr: 0.5\ndepth: 2\n")
