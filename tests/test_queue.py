@@ -138,7 +138,9 @@ def test_queue_stop_without_runner(queued: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "signum", [signal.SIGTERM, signal.SIGHUP], ids=lambda s: signal.Signals(s).name
+    "signum",
+    [signal.SIGINT, signal.SIGTERM, signal.SIGHUP],
+    ids=lambda s: signal.Signals(s).name,
 )
 def test_signal_leaves_unstarted_queued(
     queued: Path, tmp_path: Path, signum: int
