@@ -107,12 +107,17 @@ def validate_name(name: str) -> None:
         )
 
 
-def reject_in_workspace(command: str, cwd: str, other_fix: str = "") -> None:
+def reject_in_workspace(
+    command: str,
+    cwd: str,
+    other_fix: str = "",
+    action: str = "makes experiments from",
+) -> None:
     """Raise UsageError when `cwd` is in a mounted experiment's workspace.
 
-    `command` makes experiments from the project's checkout, whatever
+    `command` works on the project's checkout (`action` says how), whatever
     folder it runs in, so run inside a workspace it would silently ignore
-    the files the user sees there.
+    the files the user sees there, or change others.
     """
     from expfs.store.repo import mounted_workspace
 
@@ -121,10 +126,10 @@ def reject_in_workspace(command: str, cwd: str, other_fix: str = "") -> None:
         return
     raise UsageError(
         f"{os.path.abspath(cwd)} is in the workspace of experiment {mounted.name} "
-        f"(mounted at {mounted.mountpoint}), but `expfs {command}` makes "
-        f"experiments from the project's checkout {mounted.project}, not from "
-        f"this workspace. Run `expfs repro` here to run the pipeline in "
-        f"{mounted.name}, or run `expfs {command}` in {mounted.project}"
+        f"(mounted at {mounted.mountpoint}), but `expfs {command}` {action} "
+        f"the project's checkout {mounted.project}, not this workspace. Run "
+        f"`expfs repro` here to run the pipeline in {mounted.name}, or run "
+        f"`expfs {command}` in {mounted.project}"
         + (f", {other_fix}" if other_fix else "")
     )
 

@@ -122,7 +122,12 @@ def test_failed_repro_in_mount_records_params(project: Path) -> None:
 
 @pytest.mark.parametrize(
     "command",
-    [["exp", "run", "-S", "lr=0.2"], ["exp", "run", "--queue"], ["exp", "new", "e2"]],
+    [
+        ["exp", "run", "-S", "lr=0.2"],
+        ["exp", "run", "--queue"],
+        ["exp", "new", "e2"],
+        ["exp", "apply", "e1"],
+    ],
     ids=" ".join,
 )
 def test_checkout_commands_rejected_in_mount(project: Path, command: list[str]) -> None:
