@@ -58,11 +58,15 @@ def register(sub: Any) -> None:
 
 
 def cmd_new(args: argparse.Namespace) -> int:
-    from expfs.experiments import create_experiment, repo_root
+    from expfs.experiments import create_experiment, reject_in_workspace, repo_root
     from expfs.store.repo import store_for
+    from expfs.sweep import record_base_params
 
+    if args.from_rev is None:
+        reject_in_workspace("exp new", ".", "or give a commit with --from REV")
     store = store_for(".")
     experiment = create_experiment(store, repo_root(store), args.name, args.from_rev)
+    record_base_params(store, experiment)
     print(
         f"created experiment {experiment.name} on commit "
         f"{experiment.base_commit[:12]} (snapshot {experiment.base[:12]})"

@@ -212,9 +212,11 @@ def cmd_promote(args: argparse.Namespace) -> int:
 
 def cmd_apply(args: argparse.Namespace) -> int:
     from expfs.errors import UsageError
+    from expfs.experiments import reject_in_workspace
     from expfs.gitio import apply, undo_apply
     from expfs.repro.busy import workspace_lock
 
+    reject_in_workspace("exp apply", ".", action="writes into")
     store = _store()
     if args.undo is None and not args.name:
         raise UsageError("give the experiment to apply: `expfs exp apply NAME`")

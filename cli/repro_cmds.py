@@ -121,15 +121,20 @@ def _repro(args: argparse.Namespace, **overrides: Any) -> Any:
 
 
 def cmd_repro(args: argparse.Namespace) -> int:
+    from expfs.errors import ExpfsError, UsageError
+    from expfs.repro.busy import WorkspaceBusy
+    from expfs.repro.engine import StageStopped
     from expfs_cli.signals import exit_status, signal_of, stop_on_signals
 
     repro = _repro(args)
+    started = time.time()
+    outcome, error = "failed", ""
     try:
         with stop_on_signals():
             repro.run(args.targets)
+        outcome = "success"
     except KeyboardInterrupt as exc:
-        from expfs.repro.engine import StageStopped
-
+        outcome = "stopped"
         name = signal_of(exc).name
         stage = repro.current_stage
         if stage is None:
@@ -138,7 +143,40 @@ def cmd_repro(args: argparse.Namespace) -> int:
             message = StageStopped(stage).message
             print(f"expfs: interrupted by {name}: {message}", file=sys.stderr)
         return exit_status(exc)
+    except (WorkspaceBusy, UsageError):
+        # Nothing ran: another command has the workspace, or the request was invalid.
+        outcome = ""
+        raise
+    except ExpfsError as exc:
+        error = exc.message
+        raise
+    finally:
+        if outcome:
+            _record_in_experiment(repro, args, outcome, started, error)
     return 0
+
+
+def _record_in_experiment(
+    repro: Any, args: argparse.Namespace, outcome: str, started: float, error: str
+) -> None:
+    """Record a repro in a mounted experiment's record, as `exp run` does."""
+    from pathlib import Path
+
+    from expfs.repro.place import DaemonPlace
+
+    if not isinstance(repro.place, DaemonPlace) or args.dry:
+        return
+    from expfs.sweep import record_workspace_run
+
+    record_workspace_run(
+        repro.store,
+        repro.place.client.name,
+        repro.pipeline,
+        Path(repro.place.root),
+        outcome,
+        started=started,
+        error=error,
+    )
 
 
 def cmd_unprotect(args: argparse.Namespace) -> int:

@@ -100,7 +100,14 @@ def register(sub: Any) -> None:
     p.add_argument("name", help="experiment name")
     p.set_defaults(handler=cmd_queue_logs)
 
-    p = queue_sub.add_parser("stop", help="stop every running experiment")
+    p = queue_sub.add_parser(
+        "stop",
+        help="stop the queue: its running experiments stop, the rest stay queued",
+        description="Stop `expfs queue start`: the experiments it is running are "
+        "stopped and recorded as stopped, no more start, and the rest stay queued "
+        "for the next `expfs queue start`. Experiments that `expfs exp run` runs "
+        "are not in the queue: `expfs exp kill NAME` stops one.",
+    )
     p.set_defaults(handler=cmd_queue_stop)
 
 
@@ -133,10 +140,12 @@ def _summary(experiments: list[Any]) -> int:
 
 
 def cmd_exp_run(args: argparse.Namespace) -> int:
+    from expfs.experiments import reject_in_workspace
     from expfs.store.repo import store_for
     from expfs.sweep import run_experiments
     from expfs_cli.signals import stop_on_signals
 
+    reject_in_workspace("exp run", ".")
     if args.cluster is not None:
         from expfs_cli.cluster_cmds import cmd_exp_run_cluster
 
@@ -164,12 +173,13 @@ def cmd_exp_run(args: argparse.Namespace) -> int:
     return _summary(experiments)
 
 
-def _report_stop(exc: KeyboardInterrupt) -> int:
+def _report_stop(exc: KeyboardInterrupt, rest: str = "") -> int:
     from expfs_cli.signals import exit_status, signal_of
 
     name = signal_of(exc).name
     print(
-        f"expfs: interrupted by {name}: running experiments were stopped",
+        f"expfs: interrupted by {name}: running experiments were stopped"
+        + (f", {rest}" if rest else ""),
         file=sys.stderr,
     )
     return exit_status(exc)
@@ -191,8 +201,8 @@ def cmd_exp_kill(args: argparse.Namespace) -> int:
 
 
 def cmd_queue_start(args: argparse.Namespace) -> int:
+    from expfs.queue import start_queue
     from expfs.store.repo import store_for
-    from expfs.sweep import start_queue
     from expfs_cli.signals import stop_on_signals
 
     _check_jobs(args.jobs)
@@ -201,11 +211,23 @@ def cmd_queue_start(args: argparse.Namespace) -> int:
         with stop_on_signals():
             experiments = start_queue(store, args.jobs)
     except KeyboardInterrupt as exc:
-        return _report_stop(exc)
-    if not experiments:
+        return _report_stop(exc, "the others stay queued")
+    code = _summary(experiments)
+    left = _count_queued(store)
+    if left:
+        print(
+            f"{plural(left, 'experiment')} still queued: `expfs queue start` runs them"
+        )
+    elif not experiments:
         print("no queued experiments")
-        return 0
-    return _summary(experiments)
+    return code
+
+
+def _count_queued(store: Any) -> int:
+    from expfs.experiments import list_experiments
+    from expfs.sweep import STATUS_QUEUED
+
+    return sum(1 for e in list_experiments(store) if e.status == STATUS_QUEUED)
 
 
 def cmd_queue_status(args: argparse.Namespace) -> int:
@@ -243,15 +265,29 @@ def cmd_queue_logs(args: argparse.Namespace) -> int:
 
 
 def cmd_queue_stop(args: argparse.Namespace) -> int:
-    from expfs.experiments import list_experiments
+    from expfs.queue import stop_queue
     from expfs.store.repo import store_for
-    from expfs.sweep import STATUS_RUNNING, stop_experiments
 
-    store = store_for(".")
-    running = [e.name for e in list_experiments(store) if e.status == STATUS_RUNNING]
-    stopped = stop_experiments(store, running)
-    print(
-        f"stopped {plural(len(stopped), 'experiment')}"
-        + (f": {', '.join(stopped)}" if stopped else "")
-    )
+    result = stop_queue(store_for("."))
+    if result.runner_pid is None:
+        print("no queue runner is running: nothing was stopped")
+    else:
+        who = f" (pid {result.runner_pid})" if result.runner_pid > 0 else ""
+        names = f": {', '.join(result.stopped)}" if result.stopped else ""
+        print(
+            f"stopped the queue runner{who} and "
+            f"{plural(len(result.stopped), 'running experiment')}{names}"
+        )
+    if result.still_queued:
+        verb = "stays" if result.still_queued == 1 else "stay"
+        print(
+            f"{plural(result.still_queued, 'experiment')} {verb} queued: "
+            "`expfs queue start` runs them"
+        )
+    if result.others_running:
+        print(
+            f"still running, started by `expfs exp run`: "
+            f"{', '.join(result.others_running)}; stop them with `expfs exp kill "
+            "NAME`"
+        )
     return 0

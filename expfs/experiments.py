@@ -10,6 +10,7 @@ base and never touches the user's checkout or index.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -30,7 +31,7 @@ log = logging.getLogger(__name__)
 MAX_NAME_BYTES = 100
 # Worktrees of experiments live here, one empty folder (but for Git's `.git`
 # file) per experiment, so `git worktree prune` keeps their git folders.
-WORKTREES_DIR = "worktrees"
+WORKTREES_DIR = layout.WORKTREES_DIR
 # Worktree indexes already built, one per (base commit, base snapshot).
 INDEX_CACHE_DIR = "worktree-index"
 
@@ -106,6 +107,33 @@ def validate_name(name: str) -> None:
         )
 
 
+def reject_in_workspace(
+    command: str,
+    cwd: str,
+    other_fix: str = "",
+    action: str = "makes experiments from",
+) -> None:
+    """Raise UsageError when `cwd` is in a mounted experiment's workspace.
+
+    `command` works on the project's checkout (`action` says how), whatever
+    folder it runs in, so run inside a workspace it would silently ignore
+    the files the user sees there, or change others.
+    """
+    from expfs.store.repo import mounted_workspace
+
+    mounted = mounted_workspace(cwd)
+    if mounted is None:
+        return
+    raise UsageError(
+        f"{os.path.abspath(cwd)} is in the workspace of experiment {mounted.name} "
+        f"(mounted at {mounted.mountpoint}), but `expfs {command}` {action} "
+        f"the project's checkout {mounted.project}, not this workspace. Run "
+        f"`expfs repro` here to run the pipeline in {mounted.name}, or run "
+        f"`expfs {command}` in {mounted.project}"
+        + (f", {other_fix}" if other_fix else "")
+    )
+
+
 def repo_root(store: Store) -> str:
     return os.path.dirname(os.path.abspath(store.root))
 
@@ -153,6 +181,34 @@ def update_experiment(store: Store, name: str, **changes: Any) -> Experiment:
     return result
 
 
+def update_experiment_if(
+    store: Store, name: str, expected_status: str, **changes: Any
+) -> Experiment | None:
+    """Change fields of experiment `name` if its status is `expected_status`.
+
+    Returns the changed record, or None when the status differs.
+
+    The check and the change happen in one transaction, so of several
+    processes that try, one gets the record and the others get None.
+    """
+    key = os.fsencode(name)
+    handle = _db(store)
+
+    def write(txn: Any) -> Experiment | None:
+        data = txn.get(key, db=handle)
+        if data is None:
+            return None
+        current = Experiment.from_json(data)
+        if current.status != expected_status:
+            return None
+        updated = replace(current, **changes)
+        txn.put(key, updated.to_json(), db=handle)
+        return updated
+
+    result: Experiment | None = store.env.write(write)
+    return result
+
+
 def _put(store: Store, experiment: Experiment) -> None:
     key = os.fsencode(experiment.name)
     store.env.put(layout.DB_EXPERIMENTS, key, experiment.to_json())
@@ -174,6 +230,7 @@ def create_experiment(
     overrides: tuple[str, ...] = (),
     commit: str | None = None,
     params: dict[str, dict[str, Any]] | None = None,
+    start: Digest | None = None,
 ) -> Experiment:
     """Create experiment `name` from commit `from_rev` or the working tree.
 
@@ -183,6 +240,8 @@ def create_experiment(
     A sweep snapshots once and passes that `base` to every experiment, with
     the `commit` that `from_rev` (or HEAD) names, and the `params` its
     overrides will give, which the run records again once it has read them.
+    The workspace starts at snapshot `start` (default: the base), as for an
+    experiment pulled from a remote after it ran elsewhere.
     """
     from expfs.workspace import Workspace
 
@@ -197,9 +256,10 @@ def create_experiment(
     if base is None:
         base = snapshot_base(store, repo, from_rev)
     if Workspace.exists(store, name):
-        log.warning("removing the orphan workspace %s left without a record", name)
-        Workspace.remove(store, name)
-    Workspace.create(store, name, base).close()
+        with hold_workspace(store, name):
+            log.warning("removing the orphan workspace %s left without a record", name)
+            Workspace.remove(store, name)
+    Workspace.create(store, name, start or base).close()
     gitdir = None
     try:
         gitdir = add_worktree(
@@ -297,11 +357,30 @@ def remove_experiment(store: Store, name: str) -> None:
             f"experiment {name!r} is mounted at {status.mountpoint} (daemon pid "
             f"{status.pid}): run `expfs umount {name}` first"
         )
-    remove_worktree(store, repo_root(store), name, experiment.gitdir)
-    if Workspace.exists(store, name):
-        Workspace.remove(store, name)
-    _delete(store, name)
+    lock = hold_workspace(store, name) if Workspace.exists(store, name) else None
+    with lock or contextlib.nullcontext():
+        remove_worktree(store, repo_root(store), name, experiment.gitdir)
+        if Workspace.exists(store, name):
+            Workspace.remove(store, name)
+        _delete(store, name)
     log.info("removed experiment %s", name)
+
+
+def hold_workspace(store: Store, name: str) -> contextlib.AbstractContextManager[int]:
+    """Hold the lock of experiment `name`'s workspace, which must exist.
+
+    `repro`, `unprotect` and a stage they started hold it while they write
+    there, so a command that would replace or read the whole workspace
+    fails at once, naming them, instead (see `expfs.repro.busy`).
+    """
+    from expfs.fuse.control import mount_status
+    from expfs.repro.busy import workspace_lock
+    from expfs.workspace import Workspace
+
+    folder = Workspace.folder_of(store, name)
+    mount = mount_status(store, name)
+    where = mount.mountpoint if mount.state == "mounted" else None
+    return workspace_lock(folder, where or f"{folder} (experiment {name})")
 
 
 # -- the Git worktree a mount links to -----------------------------------------

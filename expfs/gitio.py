@@ -44,6 +44,7 @@ import yaml
 from expfs.errors import ExpfsError, MissingObject, StoreNotFound, UsageError
 from expfs.experiments import Experiment, get_experiment, repo_root
 from expfs.remote.lazy import ensure_local
+from expfs.repro.busy import checkout_state_dir, workspace_lock
 from expfs.repro.lockfile import LOCK_NAME, LockedStage
 from expfs.runcache import OutputRecord
 from expfs.store.lazy import is_available
@@ -170,17 +171,21 @@ def _snapshot_of(store: Store, experiment: Experiment, current: bool) -> Digest:
         if not store.has_tree(experiment.result):
             raise MissingObject(experiment.result, f"experiment {experiment.name!r}")
         return Digest(experiment.result)
+    from expfs.experiments import hold_workspace
     from expfs.fuse.control import ControlClient, mount_status
     from expfs.workspace import Workspace
 
-    if mount_status(store, experiment.name).state == "mounted":
-        with ControlClient(store.root, experiment.name, timeout_s=None) as client:
-            return client.snapshot()
-    workspace = Workspace.open(store, experiment.name)
-    try:
-        return workspace.snapshot()
-    finally:
-        workspace.close()
+    # A repro running in the workspace would leave some outputs old and
+    # some new in the snapshot, so this waits for no writer: it fails at once.
+    with hold_workspace(store, experiment.name):
+        if mount_status(store, experiment.name).state == "mounted":
+            with ControlClient(store.root, experiment.name, timeout_s=None) as client:
+                return client.snapshot()
+        workspace = Workspace.open(store, experiment.name)
+        try:
+            return workspace.snapshot()
+        finally:
+            workspace.close()
 
 
 # -- lock files inside a snapshot ------------------------------------------------
@@ -334,32 +339,11 @@ def promote(
     result = PromoteResult(branch, "", snapshot, tag, path if keep else None)
     result.carried_commits, result.commits_left = carried, left
     try:
-        _fill_worktree(
-            store, path, experiment, snapshot, changes, max_git_bytes, result
-        )
-        run_git(path, "add", "-A")
-        staged = run_git(path, "diff", "--cached", "--quiet", ok_codes=(0, 1))
-        if staged.returncode == 0 and not carried:
-            raise NothingToPromote(
-                f"experiment {name!r} changes only files that Git ignores and no "
-                "output is recorded in expfs.lock: nothing to commit"
+        # `checkout` or `repro` in the new worktree fails until the commit is made.
+        with workspace_lock(checkout_state_dir(store.root, path), path):
+            _commit_promotion(
+                store, path, experiment, snapshot, changes, max_git_bytes, result
             )
-        message = commit_message(experiment, snapshot, result.stored_outputs)
-        # With carried commits and nothing left to add, the commit is empty
-        # but still records the params and metrics.
-        run_git(
-            path,
-            "commit",
-            "-q",
-            "--no-verify",
-            "--allow-empty",
-            "-F",
-            "-",
-            input=message.encode(),
-        )
-        result.commit = git_text(path, "rev-parse", "HEAD")
-        if tag is not None:
-            run_git(path, "tag", "-a", tag, "-m", f"expfs experiment {name}")
     except BaseException:
         _remove_worktree(repo, path, temporary=not keep)
         run_git(repo, "branch", "-D", branch, ok_codes=(0, 1))
@@ -368,6 +352,43 @@ def promote(
         _remove_worktree(repo, path, temporary=True)
     log.info("promoted experiment %s to %s (%s)", name, branch, result.commit[:12])
     return result
+
+
+def _commit_promotion(
+    store: Store,
+    path: str,
+    experiment: Experiment,
+    snapshot: Digest,
+    changes: list[Change],
+    max_git_bytes: int,
+    result: PromoteResult,
+) -> None:
+    """Write the experiment into worktree `path` and commit it there."""
+    name = experiment.name
+    _fill_worktree(store, path, experiment, snapshot, changes, max_git_bytes, result)
+    run_git(path, "add", "-A")
+    staged = run_git(path, "diff", "--cached", "--quiet", ok_codes=(0, 1))
+    if staged.returncode == 0 and not result.carried_commits:
+        raise NothingToPromote(
+            f"experiment {name!r} changes only files that Git ignores and no "
+            "output is recorded in expfs.lock: nothing to commit"
+        )
+    message = commit_message(experiment, snapshot, result.stored_outputs)
+    # With carried commits and nothing left to add, the commit is empty
+    # but still records the params and metrics.
+    run_git(
+        path,
+        "commit",
+        "-q",
+        "--no-verify",
+        "--allow-empty",
+        "-F",
+        "-",
+        input=message.encode(),
+    )
+    result.commit = git_text(path, "rev-parse", "HEAD")
+    if result.tag is not None:
+        run_git(path, "tag", "-a", result.tag, "-m", f"expfs experiment {name}")
 
 
 def commits_in_mount(

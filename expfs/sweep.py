@@ -36,6 +36,7 @@ from expfs.experiments import (
     repo_root,
     snapshot_base,
     update_experiment,
+    update_experiment_if,
     validate_name,
 )
 from expfs.store import layout
@@ -285,6 +286,23 @@ def _clear_stop(store: Store, name: str) -> None:
         pass
 
 
+def claim_experiment(store: Store, name: str) -> Experiment | None:
+    """Mark queued experiment `name` running, in one transaction, and return it.
+
+    Returns None, changing nothing, when it is not queued: another process
+    (a second runner, `exp kill`) got to it first.
+    """
+    return update_experiment_if(
+        store,
+        name,
+        STATUS_QUEUED,
+        status=STATUS_RUNNING,
+        started=time.time(),
+        finished=None,
+        error="",
+    )
+
+
 def run_log_path(store: Store, name: str) -> str:
     return os.path.join(store.root, layout.LOGS_DIR, f"{name}.run.log")
 
@@ -388,6 +406,11 @@ class Runner:
     no_remote: bool = False
     # Where the stages' stderr is echoed, prefixed, when `echo` gets their stdout.
     echo_errors: TextIO = field(default_factory=lambda: sys.stderr)
+    # Polled like `stop_event`: true once `expfs queue stop` asked to stop.
+    stop_requested: Callable[[], bool] | None = None
+    # Whether an experiment that a stop keeps from starting stays queued
+    # (the queue: a later `queue start` runs it) or is marked stopped.
+    keep_unstarted_queued: bool = False
 
     def __post_init__(self) -> None:
         self.stop_event = self.stop_event or threading.Event()
@@ -438,12 +461,7 @@ class Runner:
                     self.creator.join()
                 for name, future in zip(names, futures, strict=True):
                     if future.cancel() and self._created(name):
-                        update_experiment(
-                            self.store,
-                            name,
-                            status=STATUS_STOPPED,
-                            error="stopped before it started",
-                        )
+                        self._not_started(name)
                 pool.shutdown(wait=True)
                 raise
             finally:
@@ -471,29 +489,38 @@ class Runner:
             return None
         return self.run_one(name)
 
+    def _stopping(self) -> bool:
+        assert self.stop_event is not None
+        if self.stop_event.is_set():
+            return True
+        return self.stop_requested is not None and self.stop_requested()
+
+    def _not_started(self, name: str) -> Experiment:
+        """Record that a stop kept experiment `name` from starting."""
+        if self.keep_unstarted_queued:
+            return get_experiment(self.store, name)
+        return update_experiment(
+            self.store, name, status=STATUS_STOPPED, error="stopped before it started"
+        )
+
     def run_one(self, name: str) -> Experiment:
-        """Mount, apply overrides, repro, record, unmount: one experiment."""
+        """Mount, apply overrides, repro, record, unmount: one experiment.
+
+        The experiment must be queued. One that another process has
+        started meanwhile is left alone and its record returned.
+        """
         from expfs.fuse.mounts import start_mount, stop_mount
         from expfs.remote.lazy import BLOB_SOURCE
         from expfs.repro.engine import StageStopped
 
-        assert self.stop_event is not None
-        if self.stop_event.is_set():
-            return update_experiment(
-                self.store,
-                name,
-                status=STATUS_STOPPED,
-                error="stopped before it started",
-            )
+        if self._stopping():
+            return self._not_started(name)
         _clear_stop(self.store, name)
-        experiment = update_experiment(
-            self.store,
-            name,
-            status=STATUS_RUNNING,
-            started=time.time(),
-            finished=None,
-            error="",
-        )
+        experiment = claim_experiment(self.store, name)
+        if experiment is None:
+            current = get_experiment(self.store, name)
+            self._say(name, f"not started: it is {current.status} already")
+            return current
         row = self.rows.setdefault(name, Row())
         row.status, row.started = STATUS_RUNNING, time.monotonic()
         self._say(
@@ -561,9 +588,7 @@ class Runner:
 
     def _cancelled(self, name: str) -> Callable[[], bool]:
         flag = stop_flag_path(self.store, name)
-        event = self.stop_event
-        assert event is not None
-        return lambda: event.is_set() or os.path.exists(flag)
+        return lambda: self._stopping() or os.path.exists(flag)
 
     def _run_in_mount(
         self,
@@ -680,6 +705,118 @@ def collect_metrics(pipeline: Any, root: Path) -> dict[str, dict[str, Any]]:
     return found
 
 
+def record_base_params(store: Store, experiment: Experiment) -> Experiment:
+    """Record the params that experiment's base snapshot gives, for `exp show`.
+
+    An experiment made by `exp new` has run nothing yet; its params are
+    read from the params files in its base, written to a temporary folder.
+    """
+    import tempfile
+
+    from expfs.pipeline import load_pipeline
+    from expfs.pipeline.params import DEFAULT_PARAMS_FILE
+
+    base = Digest(experiment.base)
+    with tempfile.TemporaryDirectory(prefix="expfs-params-") as scratch:
+        folder = Path(scratch)
+        pipeline = None
+        if _copy_from_snapshot(store, base, "dvc.yaml", folder):
+            for name in [DEFAULT_PARAMS_FILE, *_vars_files(folder / "dvc.yaml")]:
+                _copy_from_snapshot(store, base, name, folder)
+            try:
+                pipeline = load_pipeline(folder / "dvc.yaml", folder, check_graph=False)
+            except ExpfsError as exc:
+                # Without the stage file only params.yaml is read, as for a
+                # failed run, and `exp run` reports the error itself.
+                log.debug("stage file of experiment %s: %s", experiment.name, exc)
+        files = {DEFAULT_PARAMS_FILE}
+        if pipeline is not None:
+            files.update(pipeline.params_files)
+            for stage in pipeline.stages.values():
+                files.update(p.workspace_path for p in stage.params)
+        for name in files:
+            _copy_from_snapshot(store, base, name, folder)
+        params = collect_params(pipeline, folder)
+    return update_experiment(store, experiment.name, params=params)
+
+
+def _vars_files(stage_file: Path) -> list[str]:
+    """Return the files that the `vars` lists of `stage_file` name (`FILE[:KEYS]`)."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(stage_file.read_text())
+    except (OSError, ValueError, yaml.YAMLError):
+        return []
+    if not isinstance(data, dict):
+        return []
+    lists = [data.get("vars")]
+    stages = data.get("stages")
+    if isinstance(stages, dict):
+        lists += [s.get("vars") for s in stages.values() if isinstance(s, dict)]
+    return [
+        item.split(":", 1)[0]
+        for entries in lists
+        if isinstance(entries, list)
+        for item in entries
+        if isinstance(item, str)
+    ]
+
+
+def _copy_from_snapshot(store: Store, root: Digest, path: str, folder: Path) -> bool:
+    """Write file `path` of snapshot `root` below `folder`; return whether it exists."""
+    from expfs.repro.place import entry_at
+    from expfs.store.trees import Kind
+
+    if os.path.isabs(path) or ".." in Path(path).parts:
+        return False
+    target = folder / path
+    if target.exists():
+        return True
+    entry = entry_at(store, root, path)
+    if entry is None or entry.kind is not Kind.FILE or not store.has_blob(entry.digest):
+        return False
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(store.read_blob(entry.digest))
+    return True
+
+
+def record_workspace_run(
+    store: Store,
+    name: str,
+    pipeline: Any,
+    root: Path,
+    outcome: str,
+    *,
+    started: float,
+    error: str = "",
+) -> None:
+    """Record what a repro in experiment `name`'s mount at `root` gave.
+
+    The params always, and on success the metrics and the workspace's
+    snapshot, as a run by `exp run` records them.
+    """
+    changes: dict[str, Any] = {"params": collect_params(pipeline, root)}
+    if outcome == STATUS_SUCCESS:
+        from expfs.fuse.control import ControlClient
+
+        changes["metrics"] = collect_metrics(pipeline, root)
+        with ControlClient(store.root, name, timeout_s=None) as client:
+            changes["result"] = client.snapshot()
+    try:
+        update_experiment(
+            store,
+            name,
+            status=outcome,
+            error=error,
+            started=started,
+            finished=time.time(),
+            **changes,
+        )
+    except ExpfsError as exc:
+        log.warning("the run in experiment %s was not recorded: %s", name, exc)
+
+
 def _jsonable(values: dict[str, Any]) -> dict[str, Any]:
     import json
 
@@ -748,17 +885,6 @@ def run_experiments(
     if creator.error is not None:
         raise creator.error
     return finished
-
-
-def start_queue(
-    store: Store, jobs: int, echo: TextIO | None = sys.stdout
-) -> list[Experiment]:
-    """Run every queued experiment, oldest first."""
-    queued = sorted(
-        (e for e in list_experiments(store) if e.status == STATUS_QUEUED),
-        key=lambda e: e.created,
-    )
-    return Runner(store, jobs=jobs, echo=echo).run_all([e.name for e in queued])
 
 
 def stop_experiments(

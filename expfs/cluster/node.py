@@ -107,15 +107,16 @@ def prepare_experiment(
 ) -> None:
     """Create experiment `name` on `base` in the node-local store."""
     from expfs.experiments import create_experiment, repo_root
-    from expfs.sweep import STATUS_RUNNING
+    from expfs.sweep import STATUS_QUEUED
 
     with node_lock(node_dir):
+        # Queued: the runner marks it running when it starts it.
         create_experiment(
             store,
             repo_root(store),
             name,
             base=base,
-            status=STATUS_RUNNING,
+            status=STATUS_QUEUED,
             overrides=overrides,
         )
 

@@ -364,7 +364,6 @@ def import_record(
     """
     from expfs.experiments import create_experiment, repo_root, update_experiment
     from expfs.tree.gitsnap import resolve_commit
-    from expfs.workspace import Workspace
 
     fields = record.fields
     repo = repo_root(store)
@@ -387,10 +386,8 @@ def import_record(
         base=Digest(fields["base"]),
         status=str(fields["status"]),
         overrides=tuple(fields["overrides"]),
+        start=Digest(fields["result"]) if fields["result"] else None,
     )
-    if fields["result"]:
-        Workspace.remove(store, name)
-        Workspace.create(store, name, Digest(fields["result"])).close()
     changes = {
         key: fields[key]
         for key in ("created", "params", "metrics", "result", "started", "finished")

@@ -20,7 +20,7 @@ import os
 import shlex
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from expfs.errors import ExpfsError
@@ -72,12 +72,29 @@ def workspace_lock(
     nothing, when another process has it.
     """
     path = os.path.join(state_dir, LOCK_FILE)
+    with exclusive_lock(
+        path, lambda fd: WorkspaceBusy(busy_message(fd, root)), command
+    ) as fd:
+        yield fd
+
+
+@contextlib.contextmanager
+def exclusive_lock(
+    path: str,
+    busy_error: Callable[[int], ExpfsError],
+    command: str | None = None,
+) -> Iterator[int]:
+    """Hold an flock on `path`, recording this process as its holder in the file.
+
+    When another process has it, raises `busy_error(fd)` at once: that
+    function reads the holder with `read_holder(fd)` and names it.
+    """
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise WorkspaceBusy(busy_message(fd, root)) from None
+            raise busy_error(fd) from None
         holder = {
             "pid": os.getpid(),
             "command": command or current_command(),
@@ -92,7 +109,7 @@ def workspace_lock(
 
 def busy_message(fd: int, root: str) -> str:
     """Describe the holder of the lock open as `fd`, and what the user can do."""
-    holder = _read_holder(fd)
+    holder = read_holder(fd)
     if holder is None:
         return (
             f"workspace {root} is busy: another expfs command, or a process that "
@@ -110,7 +127,7 @@ def busy_message(fd: int, root: str) -> str:
     )
 
 
-def _read_holder(fd: int) -> dict[str, Any] | None:
+def read_holder(fd: int) -> dict[str, Any] | None:
     """Return the live holder's record, waiting briefly while a new holder writes it."""
     deadline = time.monotonic() + HOLDER_WRITE_WAIT_S
     while True:

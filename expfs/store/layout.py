@@ -111,6 +111,8 @@ WORKSPACES_DIR = "workspaces"
 RUN_DIR = "run"
 LOGS_DIR = "logs"
 MOUNTS_DIR = "mnt"
+# Experiments' Git worktrees, `worktrees/NAME` (see `expfs.experiments`).
+WORKTREES_DIR = "worktrees"
 
 DB_META = b"meta"
 DB_BLOBS = b"blobs"

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import subprocess
+from dataclasses import dataclass
 
-from expfs.errors import NotARepository, StoreFormatError, StoreNotFound
+from expfs.errors import NotARepository, StoreFormatError, StoreNotFound, UsageError
 from expfs.store import layout
 from expfs.store.lmdbenv import open_environment
 from expfs.store.objects import Store
@@ -33,11 +34,75 @@ def git_toplevel(start: str) -> str:
     return proc.stdout.strip()
 
 
+@dataclass(frozen=True)
+class MountedWorkspace:
+    """A mounted experiment's workspace, found from a path inside it."""
+
+    store_root: str
+    name: str
+    mountpoint: str
+
+    @property
+    def project(self) -> str:
+        return os.path.dirname(self.store_root)
+
+
+def mounted_workspace(start: str = ".") -> MountedWorkspace | None:
+    """Return the mounted experiment that `start` lies in, or None.
+
+    A mount shows a `.git` file at its root naming the experiment's Git
+    folder, whose `gitdir` file names the experiment's worktree in the
+    store, `<store>/worktrees/NAME`. Reads those two files, starts no
+    program, and works wherever the mount is.
+    """
+    here = os.path.abspath(start)
+    while True:
+        if os.path.ismount(here):
+            found = _workspace_of_mount(here)
+            if found is not None:
+                return found
+        parent = os.path.dirname(here)
+        if parent == here:
+            return None
+        here = parent
+
+
+def _workspace_of_mount(mountpoint: str) -> MountedWorkspace | None:
+    gitdir = _read_link(os.path.join(mountpoint, ".git"), "gitdir: ")
+    if gitdir is None:
+        return None
+    gitdir = os.path.join(mountpoint, gitdir)
+    dot_git = _read_link(os.path.join(gitdir, "gitdir"), "")
+    if dot_git is None:
+        return None
+    worktree = os.path.dirname(os.path.normpath(os.path.join(gitdir, dot_git)))
+    worktrees = os.path.dirname(worktree)
+    store_root = os.path.dirname(worktrees)
+    if os.path.basename(worktrees) != layout.WORKTREES_DIR:
+        return None
+    if not os.path.isfile(os.path.join(store_root, layout.FORMAT_FILE)):
+        return None
+    return MountedWorkspace(store_root, os.path.basename(worktree), mountpoint)
+
+
+def _read_link(path: str, prefix: str) -> str | None:
+    """Return the path that a Git link file at `path` names after `prefix`."""
+    try:
+        with open(path) as f:
+            text = f.read(4096).strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    if not text.startswith(prefix) or "\n" in text:
+        return None
+    return text[len(prefix) :]
+
+
 def find_store_root(start: str = ".") -> str:
     """Return the `.expfs/` folder of the repository containing `start`.
 
     Looks upward for an existing `.expfs/` first, so commands work inside
-    folders that Git does not see (and without starting `git`).
+    folders that Git does not see (and without starting `git`). In a
+    mounted experiment elsewhere, that is the store of the experiment.
     """
     here = os.path.abspath(start)
     while True:
@@ -48,6 +113,9 @@ def find_store_root(start: str = ".") -> str:
         if parent == here:
             break
         here = parent
+    mounted = mounted_workspace(start)
+    if mounted is not None:
+        return mounted.store_root
     top = git_toplevel(start)
     raise StoreNotFound(f"no expfs store in {top}: run `expfs init` there first")
 
@@ -86,8 +154,18 @@ def _make_folders(root: str) -> None:
 def init_store(start: str = ".") -> tuple[Store, bool]:
     """Create `.expfs/` at the repository root; return (store, created).
 
-    Running it again on an existing store changes nothing.
+    Running it again on an existing store changes nothing. Inside a mounted
+    experiment it raises UsageError: the experiment has a store already.
     """
+    mounted = mounted_workspace(start)
+    if mounted is not None:
+        raise UsageError(
+            f"{os.path.abspath(start)} is in the workspace of experiment "
+            f"{mounted.name} (mounted at {mounted.mountpoint}), which belongs to "
+            f"project {mounted.project} with the store {mounted.store_root}: "
+            "expfs commands here already use that store, so there is nothing to "
+            "initialize. Run `expfs init` in a Git repository outside any mount"
+        )
     top = git_toplevel(start)
     root = os.path.join(top, layout.STORE_DIRNAME)
     format_path = os.path.join(root, layout.FORMAT_FILE)
