@@ -4,8 +4,8 @@ Link types are `reflink`, `hardlink`, `symlink` and `copy`. A list is tried
 in order for each file, and a type that fails with "not supported here"
 (ext4 has no reflink, a hard link cannot cross filesystems) is dropped for
 the rest of the restore. The default is DVC's: `reflink,copy`. The list
-comes from `expfs repro --link`, else `[cache] type` in `.expfs/config`,
-else in `.expfs.toml`.
+comes from `--link` of `expfs repro` or `expfs checkout`, else `[cache] type`
+in `.expfs/config`, else in `.expfs.toml`.
 
 Safety. A hard link or a symlink points at the blob file itself, which is
 read-only (0444), so a user other than root gets "permission denied" when
