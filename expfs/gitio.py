@@ -891,8 +891,10 @@ def checkout(
     Files are written with `link_types` (a list tried in order per file, as
     `expfs repro` restores), by default `[cache] type` of the store's
     config. Outputs whose content and mode already match are left alone.
-    Every blob is verified while it is written. An output whose objects are
-    gone is listed in `missing` and the others are still restored.
+    Every blob is checked as `expfs repro` checks it: hashed, unless its
+    verification mark shows that it is unchanged since it was last hashed.
+    An output whose objects are gone is listed in `missing` and the others
+    are still restored.
     """
     from expfs.tree.fingerprint import fingerprint_path
 
