@@ -2,9 +2,10 @@
 
 The stage writes a folder with an empty subfolder, folders whose modes no
 umask gives (0700, 0777, 0750, sticky and setgid), a private file, an
-executable and a symlink. A restore, by any link type in a checkout or by a graft in a
-mount, gives back that folder as the stage made it, and the next repro
-neither runs nor restores. An experiment made from the checkout starts
+executable and a symlink. A restore gives back that folder as the stage
+made it, and the next repro neither runs nor restores: by repro or by
+`expfs checkout` with any link type in a checkout, and by a graft in a
+mount. An experiment made from the checkout starts
 with the same output, so it skips the stage too.
 """
 
@@ -174,6 +175,23 @@ def test_repro_after_restore_does_nothing(store: Store, repo: Path, link: str) -
     assert repro(store, repo, link) == "skipped"
     assert repro(store, repo, "copy") == "skipped"
     assert runs(repo) == ["make", "make"]
+
+
+@pytest.mark.parametrize("link", LINK_CASES)
+def test_checkout_matches_fresh_output(store: Store, repo: Path, link: str) -> None:
+    write_project(repo)
+    repro(store, repo)
+    fresh = shape(store, repo / "out")
+    shutil.rmtree(repo / "out")
+    command = [*EXPFS, "checkout", "--link", link]
+    done = subprocess.run(command, cwd=repo, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "restored 1 output" in done.stdout
+    assert shape(store, repo / "out") == fresh
+    assert repro(store, repo, link) == "skipped"
+    again = subprocess.run(command, cwd=repo, capture_output=True, text=True)
+    assert "restored 0 outputs, 1 already up to date" in again.stdout
+    assert runs(repo) == ["make"]
 
 
 @pytest.mark.parametrize("ignore_out", [False, True], ids=["untracked", "ignored"])
