@@ -44,7 +44,7 @@ import yaml
 from expfs.errors import ExpfsError, MissingObject, StoreNotFound, UsageError
 from expfs.experiments import Experiment, get_experiment, repo_root
 from expfs.remote.lazy import ensure_local
-from expfs.repro.checkout import CheckoutWriter, configured_link_types
+from expfs.repro.checkout import CheckoutWriter, configured_link_types, remove_path
 from expfs.repro.lockfile import LOCK_NAME, LockedStage
 from expfs.runcache import OutputRecord
 from expfs.store.lazy import is_available
@@ -575,10 +575,7 @@ def _exclude_large_output(worktree: str, out_path: str) -> None:
 
 
 def _remove_path(path: bytes) -> None:
-    if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path)
-    elif os.path.lexists(path):
-        os.unlink(path)
+    remove_path(path)
 
 
 def _write_change(writer: Materializer, root: bytes, change: Change) -> None:

@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import io
 import os
+import pwd
 import shutil
 import stat
 import subprocess
 import sys
+import tempfile
+import traceback
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -318,3 +321,65 @@ def test_experiment_runs_untracked_output(project: Path) -> None:
         assert "stage 'make': skipped" in expfs(mountpoint, "repro")
     finally:
         subprocess.run([*EXPFS, "umount", "new"], cwd=project, capture_output=True)
+
+
+# -- read-only folders -----------------------------------------------------------
+
+
+def remove_as_owner(place: CheckoutPlace, path: str) -> int:
+    """Call `place.remove(path)` as the owner of the files; return 0 on success.
+
+    Root ignores folder modes, so as root the call runs in a child process
+    that switches to user nobody, who owns the files.
+    """
+    if os.geteuid() != 0:
+        place.remove(path)
+        return 0
+    nobody = pwd.getpwnam("nobody")
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.setgid(nobody.pw_gid)
+            os.setuid(nobody.pw_uid)
+            place.remove(path)
+            code = 0
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+def test_read_only_folders_removed(store: Store) -> None:
+    if os.geteuid() == 0:
+        try:
+            pwd.getpwnam("nobody")
+        except KeyError:
+            pytest.skip(
+                "needs user nobody to own the files, because root ignores modes"
+            )
+    folder = Path(tempfile.mkdtemp(prefix="expfs-readonly-", dir="/tmp"))
+    try:
+        folder.chmod(0o755)
+        out = folder / "out"
+        (out / "ro" / "deeper").mkdir(parents=True)
+        (out / "ro" / "deeper" / "f.txt").write_text("kept read-only\n")
+        (out / "closed").mkdir()
+        (out / "closed" / "g.txt").write_text("unreadable folder\n")
+        if os.geteuid() == 0:
+            nobody = pwd.getpwnam("nobody")
+            for path in [folder, out, *out.rglob("*")]:
+                os.chown(path, nobody.pw_uid, nobody.pw_gid)
+        (out / "ro" / "deeper").chmod(0o500)
+        (out / "ro").chmod(0o555)
+        (out / "closed").chmod(0o000)
+        place = CheckoutPlace(store, str(folder))
+        assert remove_as_owner(place, "out") == 0
+        assert not out.exists()
+    finally:
+        for path in folder.rglob("*"):
+            if path.is_dir() and not path.is_symlink():
+                path.chmod(0o700)
+        shutil.rmtree(folder)

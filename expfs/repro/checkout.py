@@ -30,6 +30,8 @@ import errno
 import fcntl
 import logging
 import os
+import shutil
+import stat
 import threading
 import tomllib
 from collections.abc import Collection, Iterator, Sequence
@@ -305,6 +307,42 @@ def unprotect(store: Store, path: str) -> int:
         CheckoutWriter(store, ("copy",))._copy(job)
         os.rename(temp, file_path)
     return len(linked)
+
+
+def remove_path(path: str | bytes) -> None:
+    """Remove the file, symlink or folder at `path`, if present.
+
+    A folder may contain read-only or unreadable folders, which a stage
+    can write and a restore gives back with their modes. Removing their
+    contents needs write and search permission on them, so when the
+    owner lacks it, owner permissions are added to each folder below and
+    the removal is tried again. Root needs neither.
+    """
+    if not os.path.isdir(path) or os.path.islink(path):
+        if os.path.lexists(path):
+            os.unlink(path)
+        return
+    try:
+        shutil.rmtree(path)
+    except PermissionError:
+        _add_owner_permissions(os.fsencode(path))
+        shutil.rmtree(path)
+
+
+def _add_owner_permissions(root: bytes) -> None:
+    """Give the owner read, write and search permission on every folder below `root`."""
+    pending = [root]
+    while pending:
+        folder = pending.pop()
+        if not os.path.lexists(folder):
+            continue  # removed by the first attempt
+        mode = stat.S_IMODE(os.lstat(folder).st_mode)
+        if mode & stat.S_IRWXU != stat.S_IRWXU:
+            os.chmod(folder, mode | stat.S_IRWXU)
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    pending.append(os.fsencode(entry.path))
 
 
 def check_unprotect_paths(
