@@ -12,6 +12,8 @@ from typing import Any
 
 from expfs.text import plural
 
+# `exp promote --into` writes a folder through `Materializer`, which has no
+# symlink type.
 LINK_TYPES = ("copy", "hardlink", "reflink")
 
 
@@ -25,10 +27,10 @@ def register(sub: Any) -> None:
     )
     p.add_argument(
         "--link",
-        choices=LINK_TYPES,
-        default="copy",
-        help="how files are written: copy (default), hardlink (read-only files "
-        "only; others are copied) or reflink (falls back to copy)",
+        metavar="TYPES",
+        help="how outputs are written: reflink, hardlink, symlink or copy, or a "
+        "comma-separated list tried in order (default: [cache] type in "
+        ".expfs/config, else reflink,copy); linked files are read-only",
     )
     p.set_defaults(handler=cmd_checkout)
 
@@ -247,10 +249,15 @@ def cmd_checkout(args: argparse.Namespace) -> int:
     from expfs.gitio import checkout, store_for_worktree
     from expfs.repro.busy import checkout_state_dir, workspace_lock
 
+    link_types = None
+    if args.link is not None:
+        from expfs.repro.checkout import parse_link_types
+
+        link_types = parse_link_types(args.link, "--link")
     store, worktree = store_for_worktree(".")
     state_dir = checkout_state_dir(store.root, worktree)
     with workspace_lock(state_dir, worktree):
-        result = checkout(store, worktree, link=args.link)
+        result = checkout(store, worktree, link_types=link_types)
     print(
         f"restored {plural(len(result.restored), 'output')}, "
         f"{len(result.unchanged)} already up to date"

@@ -66,8 +66,9 @@ def register(sub: Any) -> None:
     p = sub.add_parser(
         "unprotect",
         help="replace outputs linked to the store by writable copies",
-        description="Replace files that `expfs repro --link hardlink|symlink` "
-        "linked to the store with private writable copies, as `dvc unprotect` "
+        description="Replace files that `expfs repro` or `expfs checkout` with "
+        "--link hardlink or symlink linked to the store with private writable "
+        "copies, as `dvc unprotect` "
         "does, so that writing to them cannot change stored content.",
     )
     p.add_argument(

@@ -236,7 +236,7 @@ def create_experiment(
 
     Without `from_rev` the base is the working tree as the user sees it:
     HEAD plus modified and untracked files that `.gitignore` keeps, plus
-    what the pipeline declares though Git ignores it (see `declared_paths`).
+    every path the pipeline declares, whole from disk (see `declared_paths`).
     A sweep snapshots once and passes that `base` to every experiment, with
     the `commit` that `from_rev` (or HEAD) names, and the `params` its
     overrides will give, which the run records again once it has read them.
@@ -294,39 +294,48 @@ def snapshot_base(store: Store, repo: str, from_rev: str | None = None) -> Diges
 
 
 def declared_paths(repo: str) -> list[bytes]:
-    """Return paths the pipeline declares that exist but that Git ignores.
+    """Return the existing paths that the pipeline or `.dvc` files declare.
 
-    DVC users keep data and cached outputs out of Git, so an experiment
-    must bring along declared deps, outputs named in the lock file and
-    files tracked by `.dvc` files, or its stages would find nothing.
+    An experiment takes each of them whole from disk, whether Git tracks
+    it, ignores it or has not seen it. DVC users keep data and outputs out
+    of Git, and without them the stages would find nothing. Git also
+    records neither empty folders nor folder modes, and it leaves out
+    ignored files inside a folder. A declared path taken through Git could
+    thus differ from the checkout's, and the stages that write or read it
+    would run or restore again in the experiment.
     """
+    inputs, outputs = _pipeline_paths(repo)
+    candidates = inputs | outputs
+    candidates.update(_dvc_tracked_paths(repo))
+    # The whole project is the base already, and its walk would take in
+    # .git and the store.
+    candidates -= {".", ""}
+    existing = [p for p in sorted(candidates) if os.path.lexists(os.path.join(repo, p))]
+    return [os.fsencode(p) for p in existing]
+
+
+def _pipeline_paths(repo: str) -> tuple[set[str], set[str]]:
+    """Return the deps and params files, and the outputs, of the stages in `repo`."""
     from pathlib import Path
 
     from expfs.errors import ExpfsError
     from expfs.pipeline import load_pipeline
 
-    candidates: set[str] = set()
+    inputs: set[str] = set()
+    outputs: set[str] = set()
     stage_file = Path(repo, "dvc.yaml")
-    if stage_file.exists():
-        try:
-            pipeline = load_pipeline(stage_file, repo, check_graph=False)
-        except ExpfsError as exc:
-            log.warning("cannot read %s for declared paths: %s", stage_file, exc)
-        else:
-            for stage in pipeline.stages.values():
-                candidates.update(d.workspace_path for d in stage.deps)
-                candidates.update(p.workspace_path for p in stage.params)
-                candidates.update(o.workspace_path for o in stage.outs)
-    candidates.update(_dvc_tracked_paths(repo))
-    existing = [p for p in sorted(candidates) if os.path.lexists(os.path.join(repo, p))]
-    if not existing:
-        return []
-    proc = subprocess.run(
-        ["git", "-C", repo, "check-ignore", "--no-index", "--stdin", "-z"],
-        input=b"\0".join(os.fsencode(p) for p in existing) + b"\0",
-        capture_output=True,
-    )
-    return [p for p in proc.stdout.split(b"\0") if p]
+    if not stage_file.exists():
+        return inputs, outputs
+    try:
+        pipeline = load_pipeline(stage_file, repo, check_graph=False)
+    except ExpfsError as exc:
+        log.warning("cannot read %s for declared paths: %s", stage_file, exc)
+        return inputs, outputs
+    for stage in pipeline.stages.values():
+        inputs.update(d.workspace_path for d in stage.deps)
+        inputs.update(p.workspace_path for p in stage.params)
+        outputs.update(o.workspace_path for o in stage.outs)
+    return inputs, outputs
 
 
 def _dvc_tracked_paths(repo: str) -> list[str]:
@@ -418,7 +427,8 @@ def add_worktree(
     Its index lists the experiment's base: the commit, plus the user's
     uncommitted changes when the base is the working tree, so `git status`
     in a mount shows those as staged and the experiment's own changes as
-    not staged.
+    not staged. Stage outputs that the user's index does not track stay
+    untracked.
     """
     path = worktree_path(store, name)
     if os.path.lexists(path):
@@ -483,7 +493,34 @@ def _stage_working_tree(repo: str, index: str) -> None:
         shutil.copyfile(user_index, index)
     else:
         _git(repo, "read-tree", "HEAD", env={"GIT_INDEX_FILE": index})
-    _git(repo, "add", "-A", env={"GIT_INDEX_FILE": index})
+    excluded = [f":(exclude,literal){p}" for p in _untracked_outputs(repo, index)]
+    _git(repo, "add", "-A", "--", ".", *excluded, env={"GIT_INDEX_FILE": index})
+
+
+def _untracked_outputs(repo: str, index: str) -> list[str]:
+    """Return the stage outputs that have no file in the Git index file `index`.
+
+    Such outputs stay untracked in the experiment, as in the checkout: a
+    stage whose output Git tracks is rejected, because a run deletes it.
+    """
+    _, outputs = _pipeline_paths(repo)
+    if not outputs:
+        return []
+    listed = _git(
+        repo,
+        "--literal-pathspecs",
+        "ls-files",
+        "-z",
+        "--",
+        *sorted(outputs),
+        env={"GIT_INDEX_FILE": index},
+    )
+    tracked = [p for p in listed.split("\0") if p]
+    return [
+        out
+        for out in sorted(outputs)
+        if not any(t == out or t.startswith(out + "/") for t in tracked)
+    ]
 
 
 def remove_worktree(store: Store, repo: str, name: str, gitdir: str | None) -> None:

@@ -45,6 +45,7 @@ from expfs.errors import ExpfsError, MissingObject, StoreNotFound, UsageError
 from expfs.experiments import Experiment, get_experiment, repo_root
 from expfs.remote.lazy import ensure_local
 from expfs.repro.busy import checkout_state_dir, workspace_lock
+from expfs.repro.checkout import CheckoutWriter, configured_link_types, remove_path
 from expfs.repro.lockfile import LOCK_NAME, LockedStage
 from expfs.runcache import OutputRecord
 from expfs.store.lazy import is_available
@@ -595,10 +596,7 @@ def _exclude_large_output(worktree: str, out_path: str) -> None:
 
 
 def _remove_path(path: bytes) -> None:
-    if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path)
-    elif os.path.lexists(path):
-        os.unlink(path)
+    remove_path(path)
 
 
 def _write_change(writer: Materializer, root: bytes, change: Change) -> None:
@@ -903,17 +901,23 @@ def worktree_lock_files(worktree: str) -> list[str]:
     return sorted(p for p in set(found) if os.path.isfile(os.path.join(worktree, p)))
 
 
-def checkout(store: Store, worktree: str, *, link: str = "copy") -> CheckoutResult:
+def checkout(
+    store: Store, worktree: str, *, link_types: Sequence[str] | None = None
+) -> CheckoutResult:
     """Write the outputs named by the lock files of `worktree` from the store.
 
-    Outputs whose content and mode already match are left alone. Every blob
-    is verified while it is written; an output whose objects are gone is
-    listed in `missing` and the others are still restored.
+    Files are written with `link_types` (a list tried in order per file, as
+    `expfs repro` restores), by default `[cache] type` of the store's
+    config. Outputs whose content and mode already match are left alone.
+    Every blob is checked as `expfs repro` checks it: hashed, unless its
+    verification mark shows that it is unchanged since it was last hashed.
+    An output whose objects are gone is listed in `missing` and the others
+    are still restored.
     """
     from expfs.tree.fingerprint import fingerprint_path
 
     result = CheckoutResult(worktree)
-    writer = Materializer(store, link, ensure=ensure_local)
+    writer = CheckoutWriter(store, link_types or configured_link_types(store))
     for lock_path in worktree_lock_files(worktree):
         with open(os.path.join(worktree, lock_path), "rb") as f:
             outputs = parse_lock(f.read(), os.path.join(worktree, lock_path))
@@ -940,13 +944,14 @@ def checkout(store: Store, worktree: str, *, link: str = "copy") -> CheckoutResu
 
 
 def _restore_output(
-    store: Store, writer: Materializer, worktree: str, out: OutputRecord
+    store: Store, writer: CheckoutWriter, worktree: str, out: OutputRecord
 ) -> None:
     kind = Kind(out.kind)
     if not is_available(store, kind, out.digest):
         raise MissingObject(out.digest, f"output {out.path}")
+    # Blobs that a lazy restore left on a remote are fetched first.
+    ensure_local(store, kind, out.digest)
     target = os.path.join(os.fsencode(worktree), os.fsencode(out.path))
     _remove_path(target)
     os.makedirs(os.path.dirname(target), exist_ok=True)
-    entry = Entry(os.path.basename(target), kind, out.mode, out.digest, out.size)
-    writer.write_entry(entry, target)
+    writer.write(out, os.fsdecode(target))

@@ -8,12 +8,18 @@ and a reader that closes the pipe early does not leave the stage blocked.
 
 from __future__ import annotations
 
+import io
+import shlex
 import subprocess
 from pathlib import Path
 
 import pytest
 from waiting_stage import EXPFS, run_expfs
 
+from expfs.errors import UsageError
+from expfs.repro.engine import Repro
+from expfs.repro.place import CheckoutPlace
+from expfs.store.objects import Store
 from tests.conftest import git
 
 
@@ -111,3 +117,49 @@ def test_closed_reader_does_not_block_stage(checkout: Path, server: str) -> None
     assert "Traceback" not in proc.stderr
     assert proc.returncode in (0, 141)
     assert (checkout / "made.txt").read_text() == "made\n"
+
+
+def repro_in(store: Store, root: Path) -> list[str]:
+    """Run `expfs repro` in checkout `root` through the engine; return the actions."""
+    engine = Repro(store, CheckoutPlace(store, str(root)), out=io.StringIO())
+    return [outcome.action for outcome in engine.run()]
+
+
+# Output names that Git would read as patterns or magic without literal
+# pathspecs, each beside a tracked file that such a reading matches.
+PATTERN_OUTPUTS = [
+    ("out*", "outer.txt"),
+    ("part?", "part1"),
+    ("[ab].txt", "a.txt"),
+    (":notes", "notes"),
+    (":!skip", "README"),
+    (":/README", "README"),
+]
+
+
+@pytest.mark.parametrize(("out", "tracked"), PATTERN_OUTPUTS)
+def test_output_name_is_no_pathspec(
+    store: Store, repo: Path, out: str, tracked: str
+) -> None:
+    (repo / tracked).write_text("tracked\n")
+    git(repo, "add", "--", tracked)
+    git(repo, "commit", "-qm", "tracked sibling")
+    quoted = shlex.quote(out)
+    command = f'mkdir -p "$(dirname {quoted})" && echo made > {quoted}'
+    write_stage(repo, f"'{out}'", cmd=command)
+    assert repro_in(store, repo) == ["ran"]
+    assert (repo / out).read_text() == "made\n"
+    assert (repo / tracked).read_text() == "tracked\n"
+
+
+def test_tracked_output_with_magic_name_rejected(store: Store, repo: Path) -> None:
+    # Read as a pathspec, ':notes' names 'notes', so Git would not report
+    # the tracked file ':notes' and the run would delete it.
+    (repo / ":notes").write_text("kept\n")
+    git(repo, "add", "--", ":(literal):notes")
+    git(repo, "commit", "-qm", "notes")
+    write_stage(repo, "':notes'", cmd="echo new > :notes")
+    with pytest.raises(UsageError) as caught:
+        repro_in(store, repo)
+    assert "output ':notes' is tracked by Git" in str(caught.value)
+    assert (repo / ":notes").read_text() == "kept\n"

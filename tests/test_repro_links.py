@@ -384,3 +384,96 @@ def test_persist_output_stays_private(store: Store, repo: Path) -> None:
     assert not os.path.islink(log)
     assert os.stat(log).st_nlink == 1
     assert os.access(log, os.W_OK)
+
+
+def checkout_cli(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "expfs_cli.main", "checkout", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+    )
+
+
+def remove_outputs(root: Path) -> None:
+    shutil.rmtree(root / "data")
+    (root / "model.txt").unlink()
+    (root / "bin" / "tool").unlink()
+
+
+@pytest.mark.parametrize("link", [*LINK_CASES, "symlink,hardlink,copy"])
+def test_checkout_link_accepts_every_type(store: Store, repo: Path, link: str) -> None:
+    write_pipeline(repo)
+    repro(store, repo)
+    remove_outputs(repo)
+    done = checkout_cli(repo, "--link", link)
+    assert done.returncode == 0, done.stderr
+    assert "restored 3 outputs" in done.stdout
+    assert repro(store, repo, link) == {
+        "prepare": "skipped",
+        "train": "skipped",
+        "evaluate": "skipped",
+    }
+    again = checkout_cli(repo, "--link", link)
+    assert again.returncode == 0, again.stderr
+    assert "restored 0 outputs" in again.stdout
+    assert runs(repo) == ["prepare", "train", "evaluate"]
+    assert fsck(store).ok
+
+
+def test_checkout_symlinks_then_unprotect(store: Store, repo: Path) -> None:
+    write_pipeline(repo)
+    repro(store, repo)
+    modes = recorded_modes(repo)
+    remove_outputs(repo)
+    done = checkout_cli(repo, "--link", "symlink")
+    assert done.returncode == 0, done.stderr
+
+    part = repo / "data" / "part0.txt"
+    assert os.path.islink(part)
+    assert os.readlink(part).startswith(store.objects_dir)
+    assert stat.S_IMODE(os.stat(part).st_mode) == 0o444
+    assert os.path.islink(repo / "model.txt")
+    # An executable is copied, so that it keeps its execute bits.
+    assert not os.path.islink(repo / "bin" / "tool")
+    assert stat.S_IMODE(os.stat(repo / "bin" / "tool").st_mode) == 0o755
+    assert repro(store, repo)["train"] == "skipped"
+
+    unprotected = unprotect_cli(repo, "data", "model.txt")
+    assert unprotected.returncode == 0, unprotected.stderr
+    assert "data: 5 linked file(s) replaced" in unprotected.stdout
+    assert not os.path.islink(part)
+    assert os.stat(part).st_nlink == 1
+    assert stat.S_IMODE(os.stat(repo / "model.txt").st_mode) == modes["model.txt"]
+    part.write_text("edited")
+    assert fsck(store).ok
+    assert repro(store, repo)["prepare"] == "restored"
+    assert repro(store, repo) == {
+        "prepare": "skipped",
+        "train": "skipped",
+        "evaluate": "skipped",
+    }
+    assert runs(repo) == ["prepare", "train", "evaluate"]
+
+
+def test_checkout_link_type_from_config(store: Store, repo: Path) -> None:
+    write_pipeline(repo)
+    repro(store, repo)
+    remove_outputs(repo)
+    (Path(store.root) / "config").write_text('[cache]\ntype = "symlink,copy"\n')
+    done = checkout_cli(repo)
+    assert done.returncode == 0, done.stderr
+    assert os.path.islink(repo / "data" / "part0.txt")
+    assert os.path.islink(repo / "model.txt")
+
+
+def test_bad_checkout_link_rejected(store: Store, repo: Path) -> None:
+    write_pipeline(repo)
+    repro(store, repo)
+    remove_outputs(repo)
+    done = checkout_cli(repo, "--link", "softlink")
+    assert done.returncode == 2
+    assert "invalid link type 'softlink' in --link" in done.stderr
+    assert "reflink, hardlink, symlink, copy" in done.stderr
+    assert not (repo / "data").exists()
+    assert not (repo / "model.txt").exists()

@@ -4,8 +4,8 @@ Link types are `reflink`, `hardlink`, `symlink` and `copy`. A list is tried
 in order for each file, and a type that fails with "not supported here"
 (ext4 has no reflink, a hard link cannot cross filesystems) is dropped for
 the rest of the restore. The default is DVC's: `reflink,copy`. The list
-comes from `expfs repro --link`, else `[cache] type` in `.expfs/config`,
-else in `.expfs.toml`.
+comes from `--link` of `expfs repro` or `expfs checkout`, else `[cache] type`
+in `.expfs/config`, else in `.expfs.toml`.
 
 Safety. A hard link or a symlink points at the blob file itself, which is
 read-only (0444), so a user other than root gets "permission denied" when
@@ -30,6 +30,8 @@ import errno
 import fcntl
 import logging
 import os
+import shutil
+import stat
 import threading
 import tomllib
 from collections.abc import Collection, Iterator, Sequence
@@ -305,6 +307,42 @@ def unprotect(store: Store, path: str) -> int:
         CheckoutWriter(store, ("copy",))._copy(job)
         os.rename(temp, file_path)
     return len(linked)
+
+
+def remove_path(path: str | bytes) -> None:
+    """Remove the file, symlink or folder at `path`, if present.
+
+    A folder may contain read-only or unreadable folders, which a stage
+    can write and a restore gives back with their modes. Removing their
+    contents needs write and search permission on them, so when the
+    owner lacks it, owner permissions are added to each folder below and
+    the removal is tried again. Root needs neither.
+    """
+    if not os.path.isdir(path) or os.path.islink(path):
+        if os.path.lexists(path):
+            os.unlink(path)
+        return
+    try:
+        shutil.rmtree(path)
+    except PermissionError:
+        _add_owner_permissions(os.fsencode(path))
+        shutil.rmtree(path)
+
+
+def _add_owner_permissions(root: bytes) -> None:
+    """Give the owner read, write and search permission on every folder below `root`."""
+    pending = [root]
+    while pending:
+        folder = pending.pop()
+        if not os.path.lexists(folder):
+            continue  # removed by the first attempt
+        mode = stat.S_IMODE(os.lstat(folder).st_mode)
+        if mode & stat.S_IRWXU != stat.S_IRWXU:
+            os.chmod(folder, mode | stat.S_IRWXU)
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    pending.append(os.fsencode(entry.path))
 
 
 def check_unprotect_paths(

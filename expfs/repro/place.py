@@ -145,13 +145,9 @@ class CheckoutPlace:
             self.put(out)
 
     def remove(self, path: str) -> None:
-        target = self._abs(path)
-        if os.path.isdir(target) and not os.path.islink(target):
-            import shutil
+        from expfs.repro.checkout import remove_path
 
-            shutil.rmtree(target)
-        elif os.path.lexists(target):
-            os.unlink(target)
+        remove_path(self._abs(path))
 
 
 class DaemonPlace:

@@ -188,23 +188,28 @@ def snapshot_worktree(
 ) -> Digest:
     """Snapshot HEAD plus modified and untracked, non-ignored files, from disk.
 
-    `extra_paths` (relative) are added even where Git ignores them; a
-    folder among them is taken with everything below it.
+    `extra_paths` (relative) are taken from disk whether Git lists them or
+    not. A folder among them is taken whole: every file below it, ignored
+    or not, with its empty folders and folder modes, which Git does not
+    record.
     """
     root = os.fsencode(os.path.abspath(repo))
     paths, _ = worktree_paths(repo)
+    extra = set(extra_paths)
     files: dict[bytes, os.stat_result] = {}
     links: dict[bytes, os.stat_result] = {}
     for rel in paths:
         if rel.split(b"/", 1)[0] == layout.STORE_DIRNAME.encode():
             continue
+        if _inside_any(rel, extra):
+            continue  # the walk of `extra_paths` below stats it
         st = os.lstat(os.path.join(root, rel))
         if stat.S_ISLNK(st.st_mode):
             links[rel] = st
         elif stat.S_ISREG(st.st_mode):
             files[rel] = st
     dir_modes: dict[bytes, int] = {}
-    for rel in extra_paths:
+    for rel in sorted(extra):
         path = os.path.join(root, rel)
         if os.path.isdir(path) and not os.path.islink(path):
             listing = walk_folder(path)
@@ -220,3 +225,12 @@ def snapshot_worktree(
     entries = store_files(store, root, files, progress)
     entries.update(store_symlinks(store, root, links))
     return build_trees(store, entries, dir_modes, dir_modes)
+
+
+def _inside_any(path: bytes, folders: set[bytes]) -> bool:
+    """Tell whether `path` is one of `folders` or lies below one of them."""
+    while path:
+        if path in folders:
+            return True
+        path = path.rpartition(b"/")[0]
+    return False
