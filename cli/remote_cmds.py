@@ -6,6 +6,8 @@ import argparse
 import sys
 from typing import Any
 
+from expfs_cli.argtypes import positive_int
+
 
 def register(sub: Any) -> None:
     remote = sub.add_parser(
@@ -93,7 +95,13 @@ def register(sub: Any) -> None:
         p.add_argument(
             "--run-cache", action="store_true", help="also transfer run-cache entries"
         )
-        p.add_argument("-j", "--jobs", type=int, help="parallel transfers (default: 8)")
+        p.add_argument(
+            "-j",
+            "--jobs",
+            type=positive_int,
+            metavar="N",
+            help="parallel transfers (default: 8)",
+        )
         if verb == "pull":
             p.add_argument(
                 "--all-experiments",
@@ -216,7 +224,7 @@ def _open(args: argparse.Namespace, store: Any) -> Any:
 
     remote = open_remote(store, args.remote, progress=True)
     if getattr(args, "jobs", None):
-        remote.jobs = max(1, args.jobs)
+        remote.jobs = args.jobs
     return remote
 
 

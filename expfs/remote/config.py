@@ -101,6 +101,16 @@ def check_url(url: str) -> None:
         )
 
 
+def check_jobs_option(name: str, options: dict[str, str], where: str = "") -> None:
+    """Raise UsageError unless the `jobs` option, if set, is a count of 1 or more."""
+    jobs = options.get("jobs", "1")
+    if not (jobs.isdigit() and int(jobs) >= 1):
+        raise UsageError(
+            f"remote {name!r} {where}has invalid option jobs={jobs!r}: give a "
+            "whole number of parallel transfers, 1 or more"
+        )
+
+
 class RemoteExists(UsageError):
     """`remote add` named a remote that a config file defines already."""
 
@@ -152,6 +162,7 @@ class ConfigFiles:
         """
         check_name(remote.name)
         check_url(remote.url)
+        check_jobs_option(remote.name, remote.options)
         if not remote.local and url_password(remote.url) is not None:
             raise UsageError(
                 f"the URL of remote {remote.name!r} contains a password, and "
@@ -218,6 +229,7 @@ def _remotes_of(data: dict, path: str, *, local: bool) -> dict[str, RemoteConfig
         if not isinstance(url, str):
             raise UsageError(f'remote {name!r} in {path} has no url: add `url = "..."`')
         options = {str(k): str(v) for k, v in table.get("options", {}).items()}
+        check_jobs_option(name, options, f"in {path} ")
         read_only = bool(table.get("read_only", False))
         found[name] = RemoteConfig(name, url, read_only, options, local)
     return found

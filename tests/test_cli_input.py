@@ -1,0 +1,75 @@
+"""Bad command-line input: each is rejected with the value named and the fix."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from expfs.store import Store
+from expfs_cli.main import main
+
+BAD_NUMBERS = [
+    (["gc", "--grace", "-1"], "'-1' is negative"),
+    (["gc", "--grace", "soon"], "'soon' is not a finite number"),
+    (["gc", "--grace", "nan"], "'nan' is not a finite number"),
+    (["gc", "--remote", "origin", "--grace", "-0.5"], "'-0.5' is negative"),
+    (["exp", "run", "-j", "0"], "'0' is invalid: give 1 or more"),
+    (["exp", "run", "--jobs", "-3"], "'-3' is invalid"),
+    (["exp", "run", "-j", "two"], "'two' is not a whole number"),
+    (["exp", "run", "--max-experiments", "0"], "'0' is invalid"),
+    (["queue", "start", "-j", "-1"], "'-1' is invalid"),
+    (["push", "-j", "0"], "'0' is invalid"),
+    (["pull", "--jobs", "x"], "'x' is not a whole number"),
+    (["exp", "promote", "e", "-b", "b", "--max-git-mib", "-2"], "'-2' is negative"),
+    (["exp", "promote", "e", "-b", "b", "--max-git-mib", "inf"], "'inf' is not"),
+    (["exp", "show", "--precision", "0"], "'0' is out of range: give 1 to 17"),
+    (["exp", "diff", "--precision", "18"], "'18' is out of range"),
+]
+
+
+@pytest.mark.parametrize(("argv", "message"), BAD_NUMBERS)
+def test_numeric_option_rejected(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err
+    option = argv[-2]
+    assert f"argument {option}" in err or f"/{option}:" in err or f"{option}/" in err
+
+
+@pytest.fixture
+def in_repo(store: Store, monkeypatch: pytest.MonkeyPatch) -> Store:
+    """The test's store, with the current folder at its repository root."""
+    monkeypatch.chdir(os.path.dirname(store.root))
+    return store
+
+
+def test_remote_jobs_option_rejected(
+    in_repo: Store, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = Path(in_repo.root) / "config"
+    url = f"file://{tmp_path}/remote"
+    assert main(["remote", "add", "origin", url, "-o", "jobs=-1"]) == 2
+    err = capsys.readouterr().err
+    assert "invalid option jobs='-1'" in err
+    assert "1 or more" in err
+    assert not config.exists()
+
+
+def test_remote_jobs_in_config_file_rejected(
+    in_repo: Store, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = Path(in_repo.root) / "config"
+    config.write_text(
+        f'[core]\nremote = "origin"\n[remote.origin]\nurl = "file://{tmp_path}/r"\n'
+        '[remote.origin.options]\njobs = "many"\n'
+    )
+    assert main(["push"]) == 2
+    err = capsys.readouterr().err
+    assert f"in {config}" in err
+    assert "invalid option jobs='many'" in err
