@@ -108,6 +108,8 @@ def plan_sweep(
             f"--max-experiments {max_experiments}: narrow the lists or ranges, or "
             "raise --max-experiments"
         )
+    if name is not None:
+        validate_name(name)
     taken = {e.name for e in list_experiments(store)}
     plans: list[Plan] = []
     for index, combination in enumerate(combinations):

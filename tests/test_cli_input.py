@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from expfs.errors import UsageError
+from expfs.gitio import check_new_branch
 from expfs.store import Store
 from expfs_cli.main import main
 
@@ -73,3 +75,54 @@ def test_remote_jobs_in_config_file_rejected(
     err = capsys.readouterr().err
     assert f"in {config}" in err
     assert "invalid option jobs='many'" in err
+
+
+BAD_NAMES = [
+    ("a b", "it contains a space"),
+    ("/a", "it starts or ends with '/'"),
+    ("a/", "it starts or ends with '/'"),
+    ("a/b", "it contains '/'"),
+    ("a..b", "it contains '..'"),
+    ("a@b", "it contains '@'"),
+    ("@", "it is '@'"),
+    ("", "it is empty"),
+    ("a~1", "it contains '~'"),
+    ("a:b", "it contains ':'"),
+    ("a.lock", "ends with '.lock'"),
+    ("a.", "it ends with '.'"),
+    (".a", "starts with '.'"),
+    ("-a", "it starts with '-'"),
+    ("a\tb", "control character"),
+]
+
+
+@pytest.mark.parametrize(("name", "rule"), BAD_NAMES)
+def test_exp_new_rejects_name(
+    in_repo: Store, name: str, rule: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["exp", "new", "--", name]) == 2
+    err = capsys.readouterr().err
+    assert f"invalid experiment name {name!r}: " in err
+    assert rule in err
+    assert main(["exp", "list"]) == 0
+    assert name not in capsys.readouterr().out.split()
+
+
+@pytest.mark.parametrize(
+    ("name", "rule"), [(n, r) for n, r in BAD_NAMES if "'/'" not in r and "@" not in r]
+)
+def test_promote_rejects_branch(repo: Path, name: str, rule: str) -> None:
+    with pytest.raises(UsageError) as error:
+        check_new_branch(str(repo), name, None)
+    assert f"invalid branch name {name!r}" in error.value.message
+    assert rule in error.value.message
+
+
+def test_promote_accepts_branch_with_slash(repo: Path) -> None:
+    check_new_branch(str(repo), "exp/lr-0.1", "v1.0")
+
+
+def test_promote_rejects_tag(repo: Path) -> None:
+    with pytest.raises(UsageError) as error:
+        check_new_branch(str(repo), "good", "v 1")
+    assert "invalid tag name 'v 1': it contains a space" in error.value.message

@@ -249,10 +249,20 @@ def test_untracked_and_modified_files_reach_experiment(repo: Path) -> None:
     assert "secret.txt" not in listing
 
 
-def test_invalid_name_rejected(project: Path) -> None:
-    proc = run(project, "exp", "run", "--name", "a/b", check=False)
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--name", "a/b"], "invalid experiment name 'a/b': it contains '/'"),
+        (["--name", "a b"], "invalid experiment name 'a b': it contains a space"),
+        (["--queue", "-n", "x..y"], "'x..y': it contains '..'"),
+        (["-n", "v@2", "-S", "lr=0.1,0.2"], "'v@2': it contains '@'"),
+        (["--queue", "-n", ""], "invalid experiment name '': it is empty"),
+    ],
+)
+def test_invalid_name_rejected(project: Path, argv: list[str], message: str) -> None:
+    proc = run(project, "exp", "run", *argv, check=False)
     assert proc.returncode == 2
-    assert "invalid experiment name 'a/b'" in proc.stderr
+    assert message in proc.stderr
     assert show(project) == {}
 
 
