@@ -200,3 +200,16 @@ def test_keep_going_failed_stage_status(failing: Path) -> None:
     assert "stage 'last': skipped because stage 'bad' failed" in single.stdout
     assert "failing" in plain.stderr
     assert "failing" in keep_going.stderr
+
+
+def test_killed_stage_reports_signal(repo: Path) -> None:
+    (repo / "dvc.yaml").write_text(
+        "stages:\n  die:\n    cmd: kill -9 $$\n    outs: [never.txt]\n"
+    )
+    assert run_expfs(repo, "init").returncode == 0
+    for argv in (["repro"], ["repro", "-k"]):
+        done = run_expfs(repo, *argv)
+        assert done.returncode == 128 + 9, done.stderr
+        assert "its command was killed by signal 9 (SIGKILL)" in done.stderr
+        assert "(its command was killed by signal 9 (SIGKILL))" in done.stdout
+        assert "status -9" not in done.stderr + done.stdout

@@ -143,6 +143,22 @@ def test_second_sweep_restores(project: Path) -> None:
     assert any("restored from the run-cache" in text for text in logs)
 
 
+def test_killed_stage_reported(project: Path) -> None:
+    (project / "dvc.yaml").write_text("stages:\n  die:\n    cmd: kill -9 $$\n")
+    proc = run(project, "exp", "run", "-n", "ran", check=False)
+    assert proc.returncode == 1
+    run(project, "exp", "run", "--queue", "-n", "queued")
+    proc = run(project, "queue", "start", check=False)
+    assert proc.returncode == 1
+    experiments = show(project)
+    signal_text = "its command was killed by signal 9 (SIGKILL)"
+    for name in ("ran", "queued"):
+        assert experiments[name].status == "failed"
+        assert signal_text in experiments[name].error
+        assert signal_text in run(project, "queue", "logs", name).stdout
+    assert signal_text in run(project, "queue", "status").stdout
+
+
 def test_failed_experiment_among_good_ones(project: Path) -> None:
     proc = run(project, "exp", "run", "-S", "lr=0.1,-1,0.3", "-j", "2", check=False)
     assert proc.returncode == 1

@@ -38,7 +38,7 @@ from expfs.runcache import LOG_TAIL_CHARS, OutputRecord, RunCache, RunRecord
 from expfs.store import layout
 from expfs.store.objects import Store
 from expfs.store.trees import Digest, Kind
-from expfs.text import plural
+from expfs.text import exit_description, plural, shell_exit_code
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +48,13 @@ class StageFailed(ExpfsError):
 
     def __init__(self, stage: str, status: int) -> None:
         super().__init__(
-            f"stage '{stage}' failed: its command exited with status {status}; "
+            f"stage '{stage}' failed: its command {exit_description(status)}; "
             "its outputs are left in place for inspection and nothing was recorded"
         )
         self.stage = stage
         self.status = status
-        self.exit_code = status if 0 < status < 128 else 1
+        # As a shell does: the command's status, or 128 + N for signal N.
+        self.exit_code = shell_exit_code(status) if status else 1
 
 
 class StageStopped(ExpfsError):
@@ -320,7 +321,7 @@ class Repro:
                     outcome = self.run_stage(stage)
             except StageFailed as exc:
                 self._current = None
-                reason = f"its command exited with status {exc.status}"
+                reason = f"its command {exit_description(exc.status)}"
                 elapsed = time.monotonic() - started
                 self._report(Outcome(name, "failed", elapsed, reason=reason))
                 if not self.options.keep_going:
