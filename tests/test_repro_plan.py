@@ -213,3 +213,28 @@ def test_killed_stage_reports_signal(repo: Path) -> None:
         assert "its command was killed by signal 9 (SIGKILL)" in done.stderr
         assert "(its command was killed by signal 9 (SIGKILL))" in done.stdout
         assert "status -9" not in done.stderr + done.stdout
+
+
+ALWAYS = """\
+stages:
+  stamp:
+    cmd: date +%s%N > stamp.txt
+    always_changed: true
+    outs: [stamp.txt]
+  use:
+    cmd: cat stamp.txt > used.txt
+    deps: [stamp.txt]
+    outs: [used.txt]
+"""
+
+
+def test_status_always_changed_reason(repo: Path) -> None:
+    (repo / "dvc.yaml").write_text(ALWAYS)
+    assert run_expfs(repo, "init").returncode == 0
+    ok(repo, "repro")
+    status = ok(repo, "status").splitlines()
+    assert "stamp: would run (always changed)" in status
+    assert "use: may run (depends on 'stamp', which would run)" in status
+    dry = ok(repo, "repro", "--dry")
+    assert "(always changed)" in dry
+    assert "outputs missing or modified" not in dry

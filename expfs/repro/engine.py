@@ -70,6 +70,8 @@ class StageStopped(ExpfsError):
         self.stage = stage
 
 
+# The reason given for running a stage marked `always_changed: true`.
+ALWAYS_CHANGED = "always changed"
 CANCEL_POLL_S = 0.2
 # How long a stopped command gets between SIGTERM and SIGKILL.
 STOP_GRACE_S = 5.0
@@ -265,7 +267,7 @@ class Repro:
             if changing[up] == "would restore" and self._reads_planned(stage, up):
                 continue
             if self.options.force or stage.always_changed:
-                reason = "forced" if self.options.force else "always_changed"
+                reason = "forced" if self.options.force else ALWAYS_CHANGED
                 return Outcome(stage.name, "would run", reason=reason)
             action = {"would restore": "would be restored"}.get(
                 changing[up], changing[up]
@@ -456,6 +458,8 @@ class Repro:
         return self._execute(stage, inputs, no_cache_reason, started)
 
     def _why_run(self, stage: Stage, inputs: _Inputs) -> str:
+        if stage.always_changed:
+            return ALWAYS_CHANGED
         locked = self.lock.stages.get(stage.name)
         if locked is None:
             return "never ran"
