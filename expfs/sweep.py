@@ -142,6 +142,15 @@ def _reject_empty_values(text: str) -> None:
         )
 
 
+def check_stage_file(repo: str) -> None:
+    """Raise the error of a malformed dvc.yaml before the working tree is stored."""
+    from expfs.pipeline import load_pipeline
+
+    stage_file = Path(repo, "dvc.yaml")
+    if stage_file.exists():
+        load_pipeline(stage_file, repo)
+
+
 def check_plans(repo: str, plans: Sequence[Plan]) -> list[Plan]:
     """Check the stage file and every plan's overrides against the working tree.
 
@@ -723,6 +732,7 @@ def run_experiments(
         # The launcher imports the daemon while the base is snapshotted.
         runner.launcher = open_launcher(store.root)
     try:
+        check_stage_file(repo)
         base = snapshot_base(store, repo)
         plans = plan_sweep(store, overrides, name, base, max_experiments)
         plans = check_plans(repo, plans)

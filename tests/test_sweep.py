@@ -143,6 +143,19 @@ def test_second_sweep_restores(project: Path) -> None:
     assert any("restored from the run-cache" in text for text in logs)
 
 
+@pytest.mark.parametrize("queue", [[], ["--queue"]])
+def test_bad_stage_file_reported_once(project: Path, queue: list[str]) -> None:
+    (project / "dvc.yaml").write_text("stages:\n  a:\n    cmd: echo\n    deps: [x\n")
+    proc = run(project, "exp", "run", *queue, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.count("malformed YAML") == 1, proc.stderr
+    assert f"{project / 'dvc.yaml'}:5: malformed YAML" in proc.stderr
+    assert show(project) == {}
+    # Nothing was stored: gc finds no snapshot of the working tree to remove.
+    dry = run(project, "gc", "--dry", "--grace", "0").stdout
+    assert dry.startswith("would remove 0 blobs and 0 trees"), dry
+
+
 def test_killed_stage_reported(project: Path) -> None:
     (project / "dvc.yaml").write_text("stages:\n  die:\n    cmd: kill -9 $$\n")
     proc = run(project, "exp", "run", "-n", "ran", check=False)
