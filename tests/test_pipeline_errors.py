@@ -17,6 +17,7 @@ from expfs.pipeline.errors import (
     StageFileError,
     TemplateError,
 )
+from expfs.pipeline.params import read_stage_params
 from expfs.pipeline.paths import check_inside
 
 
@@ -224,3 +225,52 @@ def test_check_inside_follows_symlinks(tmp_path: Path) -> None:
         check_inside(root, "link/model.pkl")
     with pytest.raises(PathOutsideWorkspace, match="outside the workspace"):
         check_inside(root, "../outside")
+
+
+PARAMS_STAGE = """\
+stages:
+  train:
+    cmd: echo
+    params:
+      - lr
+      - other.yaml:
+          - x
+          - y
+      - params.yaml: [depth, nope]
+"""
+
+
+def params_error(folder: Path) -> str:
+    path = folder / "dvc.yaml"
+    path.write_text(PARAMS_STAGE)
+    stage = load_pipeline(path).stages["train"]
+    with pytest.raises(ParamsError) as info:
+        read_stage_params(stage, folder)
+    return info.value.message
+
+
+def test_unknown_param_names_its_line(tmp_path: Path) -> None:
+    (tmp_path / "params.yaml").write_text("lr: 1\ndepth: 2\n")
+    (tmp_path / "other.yaml").write_text("x: 1\ny: 2\n")
+    message = params_error(tmp_path)
+    assert message.startswith(f"{tmp_path / 'dvc.yaml'}:9: stage 'train': ")
+    assert "param 'nope' not found in 'params.yaml'" in message
+    assert "add it to the file or remove it from the stage" in message
+
+    (tmp_path / "params.yaml").write_text("lr: 1\ndepth: 2\nnope: 3\n")
+    (tmp_path / "other.yaml").write_text("x: 1\n")
+    message = params_error(tmp_path)
+    assert message.startswith(f"{tmp_path / 'dvc.yaml'}:8: stage 'train': ")
+    assert "param 'y' not found in 'other.yaml'" in message
+
+    (tmp_path / "params.yaml").write_text("depth: 2\n")
+    message = params_error(tmp_path)
+    assert message.startswith(f"{tmp_path / 'dvc.yaml'}:5: stage 'train': ")
+    assert "param 'lr' not found in 'params.yaml'" in message
+
+
+def test_missing_params_file_names_its_line(tmp_path: Path) -> None:
+    (tmp_path / "params.yaml").write_text("lr: 1\ndepth: 2\nnope: 3\n")
+    message = params_error(tmp_path)
+    assert message.startswith(f"{tmp_path / 'dvc.yaml'}:6: stage 'train': ")
+    assert "other.yaml' not found" in message

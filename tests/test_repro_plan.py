@@ -238,3 +238,18 @@ def test_status_always_changed_reason(repo: Path) -> None:
     dry = ok(repo, "repro", "--dry")
     assert "(always changed)" in dry
     assert "outputs missing or modified" not in dry
+
+
+def test_missing_dependency_names_its_line(repo: Path) -> None:
+    (repo / "dvc.yaml").write_text(
+        "stages:\n  a:\n    cmd: echo\n    deps:\n      - here.txt\n      - gone.txt\n"
+    )
+    (repo / "here.txt").write_text("x\n")
+    assert run_expfs(repo, "init").returncode == 0
+    for argv in (["repro"], ["status"], ["repro", "--dry"]):
+        done = run_expfs(repo, *argv)
+        assert done.returncode == 2, done.stdout
+        assert f"{repo / 'dvc.yaml'}:6: dependency 'gone.txt' of stage 'a'" in (
+            done.stderr
+        )
+        assert "or remove it from the stage's deps" in done.stderr

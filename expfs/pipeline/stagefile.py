@@ -491,9 +491,8 @@ class _StageFields:
                 raise self.fail(
                     ("deps", index), f"a dependency must be a path, not {item!r}"
                 )
-            deps.append(
-                Dep(item, self.checked_path(wdir, item, "dependency", "deps", index))
-            )
+            location = self.checked_path(wdir, item, "dependency", "deps", index)
+            deps.append(Dep(item, location, where=self.where(("deps", index))))
         return tuple(deps)
 
     def params(self, raw: Any, wdir: str) -> tuple[ParamsDep, ...]:
@@ -506,8 +505,14 @@ class _StageFields:
             for name, keys in item.items()
             if not keys
         }
+        # Where each file and each (file, key) is declared, for messages.
+        file_where: dict[str, str] = {}
+        key_where: dict[tuple[str, str], str] = {}
         for index, item in enumerate(items):
             if isinstance(item, str):
+                where = self.where(("params", index))
+                file_where.setdefault(DEFAULT_PARAMS_FILE, where)
+                key_where.setdefault((DEFAULT_PARAMS_FILE, item), where)
                 if DEFAULT_PARAMS_FILE not in whole:
                     self.add_keys(keys_by_file, DEFAULT_PARAMS_FILE, [item])
                 continue
@@ -519,6 +524,12 @@ class _StageFields:
                 )
             for file_name, keys in item.items():
                 file_name = str(file_name)
+                entry: DocPath = ("params", index, file_name)
+                file_where.setdefault(file_name, self.where(("params", index)))
+                if isinstance(keys, list):
+                    for key_index, key in enumerate(keys):
+                        where = self.where((*entry, key_index))
+                        key_where.setdefault((file_name, str(key)), where)
                 if file_name in whole:
                     keys_by_file[file_name] = None
                     continue
@@ -535,7 +546,17 @@ class _StageFields:
         for file_name, keys in keys_by_file.items():
             path = self.checked_path(wdir, file_name, "params file", "params")
             result.append(
-                ParamsDep(file_name, path, None if keys is None else tuple(keys))
+                ParamsDep(
+                    file_name,
+                    path,
+                    None if keys is None else tuple(keys),
+                    where=file_where[file_name],
+                    key_where={
+                        key: where
+                        for (name, key), where in key_where.items()
+                        if name == file_name
+                    },
+                )
             )
         return tuple(result)
 

@@ -369,9 +369,11 @@ class Repro:
                 continue
             found = self.place.digest_of(dep.workspace_path)
             if found is None:
+                where = dep.where or str(self.pipeline.path)
                 raise UsageError(
-                    f"dependency '{dep.path}' of stage '{stage.name}' is missing: "
-                    "create it, or add the stage that writes it as an output"
+                    f"{where}: dependency '{dep.path}' of stage '{stage.name}' is "
+                    "missing: create it, add the stage that writes it as an "
+                    "output, or remove it from the stage's deps"
                 )
             deps[dep.workspace_path] = found[1]
         params = read_stage_params(stage, self.root)
