@@ -390,6 +390,17 @@ class _Builder:
         return items
 
 
+def _field_name(sub_path: DocPath) -> str:
+    """Format a path inside a stage as `outs[1]` or `params[0].other.yaml`."""
+    text = ""
+    for part in sub_path:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += f".{part}" if text else part
+    return text
+
+
 class _StageFields:
     """Templates and type-checks the fields of one stage."""
 
@@ -417,12 +428,37 @@ class _StageFields:
         return self.body.get(key)
 
     def render(self, value: Any, sub_path: DocPath, *, in_cmd: bool = False) -> Any:
+        """Template `value`, walking lists and mappings so that an error names
+        the line of the item or entry that holds the bad expression."""
+        if isinstance(value, list):
+            return [
+                self.render(item, (*sub_path, index), in_cmd=in_cmd)
+                for index, item in enumerate(value)
+            ]
+        if isinstance(value, dict):
+            rendered: dict[Any, Any] = {}
+            for key, item in value.items():
+                item_path = (*sub_path, str(key))
+                new_key = self.render_leaf(key, item_path, is_key=True)
+                rendered[new_key] = self.render(item, item_path, in_cmd=in_cmd)
+            return rendered
+        return self.render_leaf(value, sub_path, in_cmd=in_cmd)
+
+    def render_leaf(
+        self,
+        value: Any,
+        sub_path: DocPath,
+        *,
+        in_cmd: bool = False,
+        is_key: bool = False,
+    ) -> Any:
         try:
             return render(value, self.context, in_cmd=in_cmd)
         except (Unresolved, BadValue) as exc:
-            field_name = ".".join(str(part) for part in sub_path)
+            full_path = (*self.doc_path, *sub_path)
+            where = self.builder.loaded.where_key if is_key else self.builder.where
             raise template_error(
-                exc, self.where(sub_path), self.name, field_name
+                exc, where(full_path), self.name, _field_name(sub_path)
             ) from None
 
     def string(self, key: str, *, default: str) -> str:
