@@ -124,6 +124,9 @@ def cmd_repro(args: argparse.Namespace) -> int:
     from expfs_cli.signals import exit_status, signal_of, stop_on_signals
 
     repro = _repro(args)
+    if not repro.pipeline.stages and not args.targets:
+        _report_no_stages(args.file)
+        return 0
     try:
         with stop_on_signals():
             repro.run(args.targets)
@@ -139,6 +142,11 @@ def cmd_repro(args: argparse.Namespace) -> int:
             print(f"expfs: interrupted by {name}: {message}", file=sys.stderr)
         return exit_status(exc)
     return 0
+
+
+def _report_no_stages(stage_file: str) -> None:
+    # As DVC does, an empty pipeline is not an error: there is nothing to do.
+    print(f"there are no stages in {stage_file}: nothing to do")
 
 
 def cmd_unprotect(args: argparse.Namespace) -> int:
@@ -185,6 +193,9 @@ def _nearest_stage_file(root: str) -> str:
 
 def cmd_status(args: argparse.Namespace) -> int:
     repro = _repro(args, dry=True)
+    if not repro.pipeline.stages:
+        _report_no_stages(args.file)
+        return 0
     outcomes = repro.plan()
     stale = [o for o in outcomes if o.action not in ("skipped", "frozen")]
     for outcome in stale:

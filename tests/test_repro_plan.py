@@ -253,3 +253,14 @@ def test_missing_dependency_names_its_line(repo: Path) -> None:
             done.stderr
         )
         assert "or remove it from the stage's deps" in done.stderr
+
+
+@pytest.mark.parametrize("text", ["", "stages:\n", "stages: {}\n", "vars: []\n"])
+def test_empty_pipeline_says_so(repo: Path, text: str) -> None:
+    (repo / "dvc.yaml").write_text(text)
+    assert run_expfs(repo, "init").returncode == 0
+    for argv in (["repro"], ["repro", "--dry"], ["status"]):
+        done = run_expfs(repo, *argv)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout == "there are no stages in dvc.yaml: nothing to do\n"
+    assert not (repo / "expfs.lock").exists()
