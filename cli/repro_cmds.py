@@ -87,8 +87,19 @@ def register(sub: Any) -> None:
     p.add_argument("--file", default="dvc.yaml", help="stage file (default: dvc.yaml)")
     p.set_defaults(handler=cmd_status)
 
-    p = sub.add_parser("runs", help="list run-cache entries")
-    p.add_argument("--json", action="store_true", help="print a JSON list")
+    p = sub.add_parser(
+        "runs",
+        help="list run-cache entries",
+        description="List the runs the run-cache holds, oldest first, each with "
+        "its outputs: kind (blob for a file, tree for a folder, symlink), "
+        "permission bits in octal (such as 644), size and path.",
+    )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help='print a JSON list; "kind" is "blob", "tree" or "symlink" and '
+        '"mode" an octal string such as "644"',
+    )
     p.set_defaults(handler=cmd_runs)
 
 
@@ -210,10 +221,16 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
     from expfs.runcache import RunCache
     from expfs.store.repo import store_for
+    from expfs.text import plural
 
     records = sorted(RunCache(store_for(".")), key=lambda r: r.started)
     if args.json:
-        json.dump([asdict(r) for r in records], sys.stdout, indent=2)
+        rows = []
+        for r in records:
+            row = asdict(r)
+            row["outputs"] = [_output_json(out) for out in row["outputs"]]
+            rows.append(row)
+        json.dump(rows, sys.stdout, indent=2)
         sys.stdout.write("\n")
         return 0
     for r in records:
@@ -221,4 +238,18 @@ def cmd_runs(args: argparse.Namespace) -> int:
         print(
             f"{r.key[:12]}  {r.stage:<20} {when}  {r.duration_s:7.2f} s  restored {r.restored}x"
         )
+        for out in r.outputs:
+            size = plural(out.size, "byte")
+            print(
+                f"    {OUTPUT_KINDS[out.kind]:<7} {out.mode:o}  {size:>12}  {out.path}"
+            )
     return 0
+
+
+# The word for each output kind (Kind.FILE, DIRECTORY, SYMLINK): the type of
+# object its digest names in the store.
+OUTPUT_KINDS = {1: "blob", 2: "tree", 3: "symlink"}
+
+
+def _output_json(out: dict[str, Any]) -> dict[str, Any]:
+    return {**out, "kind": OUTPUT_KINDS[out["kind"]], "mode": f"{out['mode']:o}"}

@@ -264,3 +264,20 @@ def test_empty_pipeline_says_so(repo: Path, text: str) -> None:
         assert done.returncode == 0, done.stderr
         assert done.stdout == "there are no stages in dvc.yaml: nothing to do\n"
     assert not (repo / "expfs.lock").exists()
+
+
+def test_runs_kind_and_mode_words(project: Path) -> None:
+    import json
+
+    runs = {r["stage"]: r for r in json.loads(ok(project, "runs", "--json"))}
+    prepared = runs["prepare"]["outputs"][0]
+    assert prepared["path"] == "out/prepared.txt"
+    assert prepared["kind"] == "blob"
+    assert prepared["mode"] == "644"
+    model = runs["train"]["outputs"][0]
+    assert model["kind"] == "tree"
+    assert model["mode"] == "755"
+
+    table = ok(project, "runs").splitlines()
+    assert "    blob    644       4 bytes  out/prepared.txt" in table
+    assert any(line.startswith("    tree    755 ") for line in table)
