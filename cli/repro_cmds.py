@@ -18,7 +18,12 @@ def register(sub: Any) -> None:
         "file says is up to date, restore what the run-cache has, run the rest.",
     )
     p.add_argument(
-        "targets", nargs="*", metavar="STAGE", help="stages to reproduce (default: all)"
+        "targets",
+        nargs="*",
+        metavar="TARGET",
+        help="stages to reproduce (default: all): STAGE, FILE:STAGE or DIR:STAGE "
+        "for a stage of another stage file (DIR/dvc.yaml), or FILE for all of "
+        "its stages",
     )
     p.add_argument(
         "-f", "--force", action="store_true", help="run every selected stage"
@@ -131,9 +136,54 @@ def _repro(args: argparse.Namespace, **overrides: Any) -> Any:
     return Repro(store, place, stage_file, options)
 
 
+def split_targets(targets: list[str], stage_file: str) -> tuple[str, list[str]]:
+    """Resolve DVC's target forms into one stage file and the stage names in it.
+
+    A target is STAGE, FILE:STAGE, DIR:STAGE (the stage file DIR/dvc.yaml)
+    or the path of an existing .yaml stage file, which selects all its
+    stages. One repro runs one stage file, so every target must name the
+    same file.
+    """
+    from expfs.errors import UsageError
+
+    chosen: str | None = None
+    stages: list[str] = []
+    whole_file = False
+    for target in targets:
+        path, colon, stage = target.rpartition(":")
+        if not colon:
+            path, stage = "", target
+            if target.endswith((".yaml", ".yml")) and os.path.isfile(target):
+                path, stage = target, ""
+        if not path:
+            path = stage_file
+        elif os.path.isdir(path):
+            path = os.path.join(path, "dvc.yaml")
+        if chosen is None:
+            chosen = path
+        elif os.path.realpath(path) != os.path.realpath(chosen):
+            raise UsageError(
+                f"targets name two stage files, {chosen} and {path}: run repro "
+                "once for each file"
+            )
+        if stage:
+            stages.append(stage)
+        else:
+            whole_file = True
+    if chosen is None:
+        return stage_file, []
+    if not os.path.exists(chosen):
+        raise UsageError(
+            f"stage file {chosen} not found: give a target as STAGE, "
+            "path/to/dvc.yaml:STAGE or path/to/dir:STAGE"
+        )
+    return chosen, [] if whole_file else stages
+
+
 def cmd_repro(args: argparse.Namespace) -> int:
     from expfs_cli.signals import exit_status, signal_of, stop_on_signals
 
+    args.file, args.targets = split_targets(args.targets, args.file)
     repro = _repro(args)
     if not repro.pipeline.stages and not args.targets:
         _report_no_stages(args.file)

@@ -281,3 +281,63 @@ def test_runs_kind_and_mode_words(project: Path) -> None:
     table = ok(project, "runs").splitlines()
     assert "    blob    644       4 bytes  out/prepared.txt" in table
     assert any(line.startswith("    tree    755 ") for line in table)
+
+
+SUB_PIPELINE = """\
+stages:
+  a:
+    cmd: echo a > a.txt
+    outs: [a.txt]
+  b:
+    cmd: echo b > b.txt
+    outs: [b.txt]
+"""
+
+
+@pytest.fixture
+def two_files(repo: Path) -> Path:
+    (repo / "dvc.yaml").write_text(
+        "stages:\n  top:\n    cmd: echo top > top.txt\n    outs: [top.txt]\n"
+    )
+    (repo / "sub").mkdir()
+    (repo / "sub" / "dvc.yaml").write_text(SUB_PIPELINE)
+    assert run_expfs(repo, "init").returncode == 0
+    return repo
+
+
+@pytest.mark.parametrize(
+    ("target", "ran"),
+    [
+        ("dvc.yaml:top", ["top.txt"]),
+        ("top", ["top.txt"]),
+        ("sub/dvc.yaml:a", ["sub/a.txt"]),
+        ("sub:b", ["sub/b.txt"]),
+        ("sub/dvc.yaml", ["sub/a.txt", "sub/b.txt"]),
+    ],
+)
+def test_repro_file_and_stage_target(
+    two_files: Path, target: str, ran: list[str]
+) -> None:
+    ok(two_files, "repro", target)
+    written = sorted(
+        str(p.relative_to(two_files)) for p in two_files.rglob("*.txt") if p.is_file()
+    )
+    assert written == ran
+
+
+@pytest.mark.parametrize(
+    ("targets", "message"),
+    [
+        (["sub:a", "dvc.yaml:top"], "targets name two stage files, sub/dvc.yaml and"),
+        (["nope/dvc.yaml:x"], "stage file nope/dvc.yaml not found"),
+        (["sub:zz"], "no stage named zz in sub/dvc.yaml"),
+    ],
+)
+def test_repro_bad_target_rejected(
+    two_files: Path, targets: list[str], message: str
+) -> None:
+    done = run_expfs(two_files, "repro", *targets)
+    assert done.returncode == 2
+    assert message in done.stderr
+    assert not list(two_files.rglob("*.txt"))
+    assert not (two_files / "sub" / "expfs.lock").exists()
