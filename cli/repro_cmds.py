@@ -66,6 +66,20 @@ def register(sub: Any) -> None:
         "type in .expfs/config, else reflink,copy); linked files are read-only",
     )
     p.add_argument("--file", default="dvc.yaml", help="stage file (default: dvc.yaml)")
+    loudness = p.add_mutually_exclusive_group()
+    loudness.add_argument(
+        "-v",
+        "--verbose",
+        dest="repro_verbose",
+        action="store_true",
+        help="log at DEBUG level, such as each run-cache decision",
+    )
+    loudness.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="print only errors and the stages' own output, not a line per stage",
+    )
     p.set_defaults(handler=cmd_repro)
 
     p = sub.add_parser(
@@ -130,6 +144,7 @@ def _repro(args: argparse.Namespace, **overrides: Any) -> Any:
         no_run_cache=getattr(args, "no_run_cache", False),
         keep_going=getattr(args, "keep_going", False),
         no_remote=getattr(args, "no_remote", False),
+        quiet=getattr(args, "quiet", False),
     )
     for name, value in overrides.items():
         setattr(options, name, value)
@@ -183,10 +198,12 @@ def split_targets(targets: list[str], stage_file: str) -> tuple[str, list[str]]:
 def cmd_repro(args: argparse.Namespace) -> int:
     from expfs_cli.signals import exit_status, signal_of, stop_on_signals
 
+    _set_log_level(args)
     args.file, args.targets = split_targets(args.targets, args.file)
     repro = _repro(args)
     if not repro.pipeline.stages and not args.targets:
-        _report_no_stages(args.file)
+        if not args.quiet:
+            _report_no_stages(args.file)
         return 0
     try:
         with stop_on_signals():
@@ -203,6 +220,16 @@ def cmd_repro(args: argparse.Namespace) -> int:
             print(f"expfs: interrupted by {name}: {message}", file=sys.stderr)
         return exit_status(exc)
     return 0
+
+
+def _set_log_level(args: argparse.Namespace) -> None:
+    """Apply repro's own -v and -q, which DVC users give after the command."""
+    import logging
+
+    if args.repro_verbose:
+        logging.getLogger().setLevel(logging.DEBUG)
+    elif args.quiet:
+        logging.getLogger().setLevel(logging.ERROR)
 
 
 def _report_no_stages(stage_file: str) -> None:

@@ -341,3 +341,32 @@ def test_repro_bad_target_rejected(
     assert message in done.stderr
     assert not list(two_files.rglob("*.txt"))
     assert not (two_files / "sub" / "expfs.lock").exists()
+
+
+def test_repro_verbose_and_quiet(repo: Path) -> None:
+    (repo / "dvc.yaml").write_text(
+        "stages:\n  hello:\n    cmd: echo hi > hi.txt && echo said hi\n"
+        "    deps: [dvc.yaml]\n    outs: [hi.txt]\n"
+    )
+    assert run_expfs(repo, "init").returncode == 0
+    plain = run_expfs(repo, "repro")
+    assert plain.returncode == 0, plain.stderr
+    assert "INFO:" not in plain.stderr
+
+    verbose = run_expfs(repo, "repro", "-f", "--verbose")
+    assert verbose.returncode == 0, verbose.stderr
+    assert "INFO: stage 'hello': ran in" in verbose.stderr
+
+    quiet = run_expfs(repo, "repro", "-q", "-f")
+    assert quiet.returncode == 0, quiet.stderr
+    assert quiet.stdout == "said hi\n"
+    assert quiet.stderr == ""
+
+    (repo / "dvc.yaml").write_text("stages:\n  bad:\n    cmd: exit 3\n")
+    failed = run_expfs(repo, "repro", "--quiet")
+    assert failed.returncode == 3
+    assert "stage 'bad' failed" in failed.stderr
+
+    both = run_expfs(repo, "repro", "-v", "-q")
+    assert both.returncode == 2
+    assert "not allowed with argument" in both.stderr

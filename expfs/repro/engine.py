@@ -130,6 +130,8 @@ class Options:
     keep_going: bool = False
     # Neither look up nor push runs on the default remote.
     no_remote: bool = False
+    # Print no line per stage; the lines are still logged at INFO.
+    quiet: bool = False
     # Polled while a command runs and between stages; True stops the run.
     cancelled: Callable[[], bool] | None = None
     # Called with (stage, "running") before a stage and (stage, action) after it.
@@ -357,7 +359,8 @@ class Repro:
         if outcome.action == "not run":
             line = f"stage '{outcome.stage}': skipped because {outcome.reason}"
         log.info("%s", line)
-        print(line, file=self.out, flush=True)
+        if not self.options.quiet:
+            print(line, file=self.out, flush=True)
 
     # -- one stage -----------------------------------------------------------
 
