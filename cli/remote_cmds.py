@@ -31,7 +31,9 @@ def register(sub: Any) -> None:
     )
     p.add_argument("name", help="remote name, such as origin")
     p.add_argument(
-        "url", help="file:///path, sftp://[user@]host[:port]/path or s3://bucket/path"
+        "url",
+        help="/abs/path or file:///abs/path, sftp://[user@]host[:port]/path or "
+        "s3://bucket/path (other fsspec protocols need their package)",
     )
     p.add_argument("--default", action="store_true", help="make it the default remote")
     p.add_argument(
@@ -135,8 +137,10 @@ def cmd_remote_add(args: argparse.Namespace) -> int:
 
     store = _store()
     local = not args.project
+    # A plain absolute path is a local folder, as in DVC.
+    url = f"file://{args.url}" if args.url.startswith("/") else args.url
     remote = RemoteConfig(
-        args.name, args.url, args.read_only, _parse_options(args.options), local
+        args.name, url, args.read_only, _parse_options(args.options), local
     )
     files = config_files(store.root)
     before = files.definitions(remote.name)

@@ -126,3 +126,39 @@ def test_promote_rejects_tag(repo: Path) -> None:
     with pytest.raises(UsageError) as error:
         check_new_branch(str(repo), "good", "v 1")
     assert "invalid tag name 'v 1': it contains a space" in error.value.message
+
+
+BAD_URLS = [
+    ("file://relative/path", "'relative' would be read as a host name"),
+    ("file://relative/path", "write file:///relative/path"),
+    ("relative/path", "give an absolute path, file:///abs/path"),
+    ("relative/path", "(such as "),
+    ("file:relative", "invalid remote URL 'file:relative'"),
+    ("file://localhost/srv/x", "'localhost' would be read as a host name"),
+    ("bogus://host/path", "fsspec knows no protocol 'bogus'"),
+    ("s3:///path", "it names no bucket"),
+    ("sftp:///path", "it names no host"),
+    ("sftp://host:99999/path", "the port is not a number from 0 to 65535"),
+    ("sftp://host:port/path", "the port is not a number"),
+]
+
+
+@pytest.mark.parametrize(("url", "message"), BAD_URLS)
+def test_remote_add_rejects_url(
+    in_repo: Store, url: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    repo = Path(in_repo.root).parent
+    before = sorted(str(p) for p in repo.rglob("*"))
+    assert main(["remote", "add", "origin", url]) == 2
+    assert main(["remote", "add", "--project", "origin", url]) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert sorted(str(p) for p in repo.rglob("*")) == before
+
+
+def test_remote_add_absolute_path(
+    in_repo: Store, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "remote"
+    assert main(["remote", "add", "origin", str(folder)]) == 0
+    assert f"added remote origin (file://{folder})" in capsys.readouterr().out
