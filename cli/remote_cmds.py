@@ -137,7 +137,7 @@ def cmd_remote_add(args: argparse.Namespace) -> int:
 
     store = _store()
     local = not args.project
-    # A plain absolute path is a local folder, as in DVC.
+    # A plain absolute path names a local folder.
     url = f"file://{args.url}" if args.url.startswith("/") else args.url
     remote = RemoteConfig(
         args.name, url, args.read_only, _parse_options(args.options), local

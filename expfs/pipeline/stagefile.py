@@ -428,8 +428,11 @@ class _StageFields:
         return self.body.get(key)
 
     def render(self, value: Any, sub_path: DocPath, *, in_cmd: bool = False) -> Any:
-        """Template `value`, walking lists and mappings so that an error names
-        the line of the item or entry that holds the bad expression."""
+        """Template `value`, walking lists and mappings item by item.
+
+        An error then names the line of the item, key or flag that contains
+        the bad expression.
+        """
         if isinstance(value, list):
             return [
                 self.render(item, (*sub_path, index), in_cmd=in_cmd)

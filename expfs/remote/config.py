@@ -97,21 +97,21 @@ def check_url(url: str) -> None:
     would be the host part, and fsspec would write to `x` relative to the
     current folder, inside the project.
     """
-    shown = redact_url(url)
+    redacted = redact_url(url)
     parts = urlsplit(url)
     if "://" not in url or not parts.scheme:
         example = ""
         if "://" not in url and ":" not in url:
             example = f" (such as {os.path.abspath(url)})"
-        raise UsageError(f"invalid remote URL {shown!r}: give {URL_FORMS}{example}")
+        raise UsageError(f"invalid remote URL {redacted!r}: give {URL_FORMS}{example}")
     scheme = parts.scheme.lower()
     if scheme == "file":
         _check_file_url(url, parts.netloc, parts.path)
         return
-    _check_protocol(shown, scheme)
+    _check_protocol(redacted, scheme)
     if not parts.netloc:
         raise UsageError(
-            f"invalid remote URL {shown!r}: it names no "
+            f"invalid remote URL {redacted!r}: it names no "
             f"{'bucket' if scheme in ('s3', 's3a') else 'host'}: give {URL_FORMS}"
         )
     try:
@@ -120,7 +120,7 @@ def check_url(url: str) -> None:
         _ = parts.port
     except ValueError:
         raise UsageError(
-            f"invalid remote URL {shown!r}: the port is not a number from 0 to "
+            f"invalid remote URL {redacted!r}: the port is not a number from 0 to "
             "65535: fix it or leave it out"
         ) from None
 
@@ -141,19 +141,19 @@ def _check_file_url(url: str, host: str, path: str) -> None:
         )
 
 
-def _check_protocol(shown: str, scheme: str) -> None:
+def _check_protocol(redacted: str, scheme: str) -> None:
     import fsspec
 
     try:
         fsspec.get_filesystem_class(scheme)
     except ValueError:
         raise UsageError(
-            f"invalid remote URL {shown!r}: fsspec knows no protocol {scheme!r}: "
+            f"invalid remote URL {redacted!r}: fsspec knows no protocol {scheme!r}: "
             f"give {URL_FORMS}"
         ) from None
     except ImportError as exc:
         raise UsageError(
-            f"remote URL {shown!r} needs a package that is not installed: {exc}"
+            f"remote URL {redacted!r} needs a package that is not installed: {exc}"
         ) from None
 
 
