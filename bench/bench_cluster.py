@@ -64,6 +64,7 @@ from bench.common import (  # noqa: E402
     run_timed,
     summary,
 )
+from expfs_cli.argtypes import positive_int  # noqa: E402
 
 SECTION = Section("## Cluster", "bench_cluster.py")
 
@@ -413,7 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Cluster section of bench/RESULTS.md.",
     )
     parser.add_argument(
-        "--reps", type=int, default=3, help="timed sweeps per tool (default 3)"
+        "--reps", type=positive_int, default=3, help="timed sweeps per tool (default 3)"
     )
     parser.add_argument(
         "--quick",

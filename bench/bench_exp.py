@@ -72,6 +72,7 @@ from bench.common import (  # noqa: E402
     summary,
     time_calls,
 )
+from expfs_cli.argtypes import positive_int  # noqa: E402
 
 SECTION = Section("## Experiments", "bench_exp.py")
 
@@ -862,10 +863,16 @@ def build_parser() -> argparse.ArgumentParser:
         "expfs run; rewrite the Experiments section of bench/RESULTS.md.",
     )
     parser.add_argument(
-        "--reps", type=int, default=5, help="timed runs of one experiment (default 5)"
+        "--reps",
+        type=positive_int,
+        default=5,
+        help="timed runs of one experiment (default 5)",
     )
     parser.add_argument(
-        "--sweep-reps", type=int, default=3, help="timed sweeps per tool (default 3)"
+        "--sweep-reps",
+        type=positive_int,
+        default=3,
+        help="timed sweeps per tool (default 3)",
     )
     parser.add_argument(
         "--quick",

@@ -47,6 +47,7 @@ from bench.common import (  # noqa: E402
     load_text,
     median_time,
 )
+from expfs_cli.argtypes import positive_int  # noqa: E402
 
 SECTION = Section("## Workspaces")
 EXPFS = [sys.executable, "-m", "expfs"]
@@ -589,17 +590,17 @@ def diagnosis_lines(
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--runs", type=int, default=3, help="timed runs per figure (median)"
+        "--runs", type=positive_int, default=3, help="timed runs per figure (median)"
     )
     parser.add_argument(
         "--big-mib",
-        type=int,
+        type=positive_int,
         default=512,
         help="size of the file read and written, in MiB",
     )
     parser.add_argument(
         "--files",
-        type=int,
+        type=positive_int,
         default=100_000,
         help="files in the base for creation timing",
     )

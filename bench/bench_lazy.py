@@ -48,6 +48,7 @@ from bench.common import (  # noqa: E402
     load_text,
     run_timed,
 )
+from expfs_cli.argtypes import positive_int  # noqa: E402
 
 SECTION = Section("## Lazy restore", "bench_lazy.py")
 MIB = 1 << 20
@@ -202,11 +203,11 @@ def main(argv: list[str]) -> int:
         prog="python -m bench.bench_lazy", description=__doc__.splitlines()[0]
     )
     parser.add_argument(
-        "--reps", type=int, default=3, help="reps of each restore (default 3)"
+        "--reps", type=positive_int, default=3, help="reps of each restore (default 3)"
     )
     parser.add_argument(
         "--size-mib",
-        type=int,
+        type=positive_int,
         default=1024,
         help="size of the output file in MiB (default 1024)",
     )

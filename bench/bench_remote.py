@@ -63,6 +63,7 @@ from bench.common import (  # noqa: E402
     summary,
 )
 from bench.common import format_seconds as fmt  # noqa: E402
+from expfs_cli.argtypes import positive_int  # noqa: E402
 
 SECTION = Section("## Remotes", "bench_remote.py")
 BUCKET = "bench"
@@ -500,7 +501,7 @@ def build_parser() -> argparse.ArgumentParser:
         "the Remotes section of bench/RESULTS.md.",
     )
     parser.add_argument(
-        "--reps", type=int, default=3, help="timed runs per tool (default 3)"
+        "--reps", type=positive_int, default=3, help="timed runs per tool (default 3)"
     )
     parser.add_argument(
         "--quick",

@@ -36,6 +36,7 @@ from bench.common import (  # noqa: E402
     cpu_model,
     median_time,
 )
+from expfs_cli.argtypes import positive_int  # noqa: E402
 
 SECTION = Section("## exp show")
 # Target for `exp show` and `--json` with 500 experiments, start-up included.
@@ -236,9 +237,14 @@ def render(times: dict[str, float], experiments: int, runs: int, argv: str) -> s
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--experiments", type=int, default=500, help="experiment records to write"
+        "--experiments",
+        type=positive_int,
+        default=500,
+        help="experiment records to write",
     )
-    parser.add_argument("--runs", type=int, default=10, help="timed runs per figure")
+    parser.add_argument(
+        "--runs", type=positive_int, default=10, help="timed runs per figure"
+    )
     parser.add_argument(
         "--quick",
         action="store_true",

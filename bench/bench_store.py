@@ -26,6 +26,7 @@ from expfs.store import init_store, store_for
 from expfs.store.lmdbenv import close_environment
 from expfs.store.objects import hash_file
 from expfs.tree.snapshot import RACY_WINDOW_NS
+from expfs_cli.argtypes import positive_int
 
 if __package__ in (None, ""):
     # Run as a file (`python bench/bench_store.py`), the project root is not
@@ -200,7 +201,7 @@ def render(
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--runs", type=int, default=5, help="timed runs per figure (median)"
+        "--runs", type=positive_int, default=5, help="timed runs per figure (median)"
     )
     parser.add_argument(
         "--work", help="folder for the test data (default: a new temporary one)"

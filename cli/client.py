@@ -46,6 +46,7 @@ FORWARDED_SIGNALS = (
 # Environment variables that configure the server.
 IDLE_VARIABLE = "EXPFS_SERVER_IDLE_S"
 DIR_VARIABLE = "EXPFS_SERVER_DIR"
+NO_SERVER_VARIABLE = "EXPFS_NO_SERVER"
 
 
 class ServerUnavailable(Exception):
@@ -85,20 +86,75 @@ def server_dir() -> str:
                 f"{DIR_VARIABLE}: {problem}: give a folder you can create"
             ) from None
         raise ServerUnavailable(problem) from None
-    info = os.lstat(path)
-    # Another user could have made the folder first, to receive our commands.
-    if info.st_uid != os.getuid() or info.st_mode & 0o077 or not os.path.isdir(path):
-        problem = (
-            f"{path} is not a private folder of user {os.getuid()} "
-            f"(owner {info.st_uid}, mode {info.st_mode & 0o7777:o})"
-        )
+    unsafe = _unsafe_folder(path, configured is not None)
+    if unsafe is not None:
+        problem, fix = unsafe
         if configured:
-            raise ServerSettingError(
-                f"{DIR_VARIABLE}: {problem}: run `chmod 700 {path}` if it is "
-                "yours, or choose another folder"
-            )
-        raise ServerUnavailable(f"{problem}: remove it")
+            raise ServerSettingError(f"{DIR_VARIABLE}: {problem}: {fix}")
+        raise ServerUnavailable(f"{problem}: {fix}")
     return path
+
+
+# File type bits of st_mode (the `stat` module is not built in, see above).
+_S_IFMT = 0o170000
+_S_IFDIR = 0o040000
+_S_IFLNK = 0o120000
+
+
+def _unsafe_folder(path: str, configured: bool) -> tuple[str, str] | None:
+    """Return why `path` cannot hold the server's socket, and the fix, or None.
+
+    The folder must be a real folder of this user that no one else can
+    open, because another user could otherwise make it first, or swap a
+    symbolic link, to receive our commands.
+    """
+    info = os.lstat(path)
+    kind = info.st_mode & _S_IFMT
+    if configured:
+        other = f"set {DIR_VARIABLE} to another folder"
+    else:
+        other = f"set {DIR_VARIABLE} to a private folder of yours"
+    prefix = f"{path} is not a private folder of user {os.getuid()}"
+    if kind == _S_IFLNK:
+        target = os.path.realpath(path)
+        return (
+            f"{prefix}: it is a symbolic link to {target}",
+            f"set {DIR_VARIABLE} to {target} if that folder is yours and private, "
+            + ("or choose another folder" if configured else "or remove the link"),
+        )
+    if kind != _S_IFDIR:
+        return (
+            f"{prefix}: it is not a folder",
+            f"{other}, or remove the file {path}",
+        )
+    if info.st_uid != os.getuid():
+        return (
+            f"{prefix}: it belongs to user {info.st_uid}",
+            f"{other}, or ask user {info.st_uid} to remove it",
+        )
+    if info.st_mode & 0o077:
+        return (
+            f"{prefix}: other users can open it (mode {info.st_mode & 0o7777:o})",
+            f"run `chmod 700 {path}`, or {other}",
+        )
+    return None
+
+
+def server_disabled() -> bool:
+    """Return whether EXPFS_NO_SERVER turns the server off.
+
+    Raises ServerSettingError for a value that is neither true nor false.
+    """
+    text = os.environ.get(NO_SERVER_VARIABLE, "")
+    word = text.strip().lower()
+    if word in ("1", "yes", "true", "on"):
+        return True
+    if word in ("", "0", "no", "false", "off"):
+        return False
+    raise ServerSettingError(
+        f"{NO_SERVER_VARIABLE}={text!r} is neither true nor false: set it to 1 "
+        "to run commands without the server, or to 0 (or unset it) to use it"
+    )
 
 
 def idle_seconds() -> float | None:
@@ -146,8 +202,11 @@ def log_path(folder: str) -> str:
 
 def served(argv: Sequence[str]) -> bool:
     """Return whether CLI arguments `argv` name a command the server runs."""
-    if os.environ.get("EXPFS_NO_SERVER"):
-        return False
+    try:
+        if server_disabled():
+            return False
+    except ServerSettingError:
+        pass  # run_in_server reports the invalid value.
     if any(arg in UNSERVED_OPTIONS or arg.startswith("--cluster=") for arg in argv):
         return False
     words = list(argv)
@@ -166,6 +225,7 @@ def run_in_server(argv: Sequence[str]) -> int | None:
     process.
     """
     try:
+        server_disabled()
         idle_seconds()
         folder = server_dir()
         for _ in range(3):

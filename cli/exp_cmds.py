@@ -22,7 +22,11 @@ def register(sub: Any) -> None:
         "it (HEAD plus modified and untracked files that .gitignore keeps), or "
         "from commit REV. Creating one costs the same for any size of project.",
     )
-    p.add_argument("name", help="experiment name: no '/', not starting with '-' or '.'")
+    p.add_argument(
+        "name",
+        help="experiment name: a name `git check-ref-format` accepts, without '/' "
+        "or '@', starting with a letter or digit",
+    )
     p.add_argument("--from", dest="from_rev", metavar="REV", help="base commit")
     p.set_defaults(handler=cmd_new)
 

@@ -29,6 +29,12 @@ def register(sub: Any) -> None:
         action="store_true",
         help="run the daemon in this process and log to standard error",
     )
+    p.add_argument(
+        "--nonempty",
+        action="store_true",
+        help="mount on PATH even if it is not empty, hiding its files until "
+        "the unmount (FUSE's nonempty option)",
+    )
     p.set_defaults(handler=cmd_mount)
 
     p = sub.add_parser(
@@ -55,6 +61,8 @@ def cmd_mount(args: argparse.Namespace) -> int:
     from expfs.store.repo import store_for
 
     store = store_for(".")
+    if args.path is not None and not args.nonempty:
+        _check_empty(args.path)
     if args.foreground:
         from expfs.experiments import get_experiment
         from expfs.fuse import daemon
@@ -80,6 +88,33 @@ def cmd_mount(args: argparse.Namespace) -> int:
     )
     print(path)
     return 0
+
+
+def _check_empty(path: str) -> None:
+    """Raise UsageError if `path` is a folder with entries, which a mount would hide.
+
+    A mount point, live or stale, is left to `start_mount`, which reports it.
+    """
+    from expfs.errors import UsageError
+
+    if os.path.ismount(path):
+        return
+    try:
+        entries = os.listdir(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    except OSError:
+        # A stale FUSE mount fails with ENOTCONN: start_mount cleans it up.
+        return
+    if entries:
+        from expfs.text import plural
+
+        count = plural(len(entries), "entry", "entries")
+        raise UsageError(
+            f"mount point {path} is not empty ({count}): a mount "
+            "would hide its files until the unmount; give an empty or new "
+            "folder, or pass --nonempty to mount over them"
+        )
 
 
 def cmd_umount(args: argparse.Namespace) -> int:

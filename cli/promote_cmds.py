@@ -11,6 +11,7 @@ import os
 from typing import Any
 
 from expfs.text import plural
+from expfs_cli.argtypes import non_negative_float
 
 # `exp promote --into` writes a folder through `Materializer`, which has no
 # symlink type.
@@ -57,7 +58,7 @@ def register(sub: Any) -> None:
     )
     p.add_argument(
         "--grace",
-        type=float,
+        type=non_negative_float,
         default=None,
         metavar="HOURS",
         help="keep unreachable objects younger than this many hours (default: 1 "
@@ -109,7 +110,7 @@ def register_exp(exp_sub: Any) -> None:
     )
     p.add_argument(
         "--max-git-mib",
-        type=float,
+        type=non_negative_float,
         default=10.0,
         metavar="MIB",
         help="outputs larger than this many MiB stay in the store even when Git "

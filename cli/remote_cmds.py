@@ -6,6 +6,8 @@ import argparse
 import sys
 from typing import Any
 
+from expfs_cli.argtypes import positive_int
+
 
 def register(sub: Any) -> None:
     remote = sub.add_parser(
@@ -29,7 +31,9 @@ def register(sub: Any) -> None:
     )
     p.add_argument("name", help="remote name, such as origin")
     p.add_argument(
-        "url", help="file:///path, sftp://[user@]host[:port]/path or s3://bucket/path"
+        "url",
+        help="/abs/path or file:///abs/path, sftp://[user@]host[:port]/path or "
+        "s3://bucket/path (other fsspec protocols need their package)",
     )
     p.add_argument("--default", action="store_true", help="make it the default remote")
     p.add_argument(
@@ -93,7 +97,13 @@ def register(sub: Any) -> None:
         p.add_argument(
             "--run-cache", action="store_true", help="also transfer run-cache entries"
         )
-        p.add_argument("-j", "--jobs", type=int, help="parallel transfers (default: 8)")
+        p.add_argument(
+            "-j",
+            "--jobs",
+            type=positive_int,
+            metavar="N",
+            help="parallel transfers (default: 8)",
+        )
         if verb == "pull":
             p.add_argument(
                 "--all-experiments",
@@ -127,8 +137,10 @@ def cmd_remote_add(args: argparse.Namespace) -> int:
 
     store = _store()
     local = not args.project
+    # A plain absolute path names a local folder.
+    url = f"file://{args.url}" if args.url.startswith("/") else args.url
     remote = RemoteConfig(
-        args.name, args.url, args.read_only, _parse_options(args.options), local
+        args.name, url, args.read_only, _parse_options(args.options), local
     )
     files = config_files(store.root)
     before = files.definitions(remote.name)
@@ -216,7 +228,7 @@ def _open(args: argparse.Namespace, store: Any) -> Any:
 
     remote = open_remote(store, args.remote, progress=True)
     if getattr(args, "jobs", None):
-        remote.jobs = max(1, args.jobs)
+        remote.jobs = args.jobs
     return remote
 
 

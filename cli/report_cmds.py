@@ -12,10 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from expfs.text import plural
+from expfs_cli.argtypes import int_in_range
 
-# The same as expfs.report.DEFAULT_PRECISION, kept here so that `--help`
-# does not import the library.
+# The same as expfs.report.DEFAULT_PRECISION and MAX_PRECISION, kept here
+# so that `--help` does not import the library.
 DEFAULT_PRECISION = 5
+MAX_PRECISION = 17
 
 
 def register_exp(exp_sub: Any) -> None:
@@ -27,10 +29,10 @@ def register_exp(exp_sub: Any) -> None:
 def _add_precision(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--precision",
-        type=int,
+        type=int_in_range(1, MAX_PRECISION),
         default=DEFAULT_PRECISION,
         metavar="N",
-        help="significant digits of floats in tables, 1 to 17 (default: "
+        help=f"significant digits of floats in tables, 1 to {MAX_PRECISION} (default: "
         f"{DEFAULT_PRECISION}); --json and --csv keep every digit",
     )
 

@@ -18,7 +18,12 @@ def register(sub: Any) -> None:
         "file says is up to date, restore what the run-cache has, run the rest.",
     )
     p.add_argument(
-        "targets", nargs="*", metavar="STAGE", help="stages to reproduce (default: all)"
+        "targets",
+        nargs="*",
+        metavar="TARGET",
+        help="stages to reproduce (default: all): STAGE, FILE:STAGE or DIR:STAGE "
+        "for a stage of another stage file (DIR/dvc.yaml), or FILE for all of "
+        "its stages",
     )
     p.add_argument(
         "-f", "--force", action="store_true", help="run every selected stage"
@@ -61,6 +66,20 @@ def register(sub: Any) -> None:
         "type in .expfs/config, else reflink,copy); linked files are read-only",
     )
     p.add_argument("--file", default="dvc.yaml", help="stage file (default: dvc.yaml)")
+    loudness = p.add_mutually_exclusive_group()
+    loudness.add_argument(
+        "-v",
+        "--verbose",
+        dest="repro_verbose",
+        action="store_true",
+        help="log at DEBUG level, such as each run-cache decision",
+    )
+    loudness.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="print only errors and the stages' own output, not a line per stage",
+    )
     p.set_defaults(handler=cmd_repro)
 
     p = sub.add_parser(
@@ -88,8 +107,19 @@ def register(sub: Any) -> None:
     p.add_argument("--file", default="dvc.yaml", help="stage file (default: dvc.yaml)")
     p.set_defaults(handler=cmd_status)
 
-    p = sub.add_parser("runs", help="list run-cache entries")
-    p.add_argument("--json", action="store_true", help="print a JSON list")
+    p = sub.add_parser(
+        "runs",
+        help="list run-cache entries",
+        description="List the runs the run-cache holds, oldest first, each with "
+        "its outputs: kind (blob for a file, tree for a folder, symlink), "
+        "permission bits in octal (such as 644), size and path.",
+    )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help='print a JSON list; "kind" is "blob", "tree" or "symlink" and '
+        '"mode" an octal string such as "644"',
+    )
     p.set_defaults(handler=cmd_runs)
 
 
@@ -115,10 +145,55 @@ def _repro(args: argparse.Namespace, **overrides: Any) -> Any:
         no_run_cache=getattr(args, "no_run_cache", False),
         keep_going=getattr(args, "keep_going", False),
         no_remote=getattr(args, "no_remote", False),
+        quiet=getattr(args, "quiet", False),
     )
     for name, value in overrides.items():
         setattr(options, name, value)
     return Repro(store, place, stage_file, options)
+
+
+def split_targets(targets: list[str], stage_file: str) -> tuple[str, list[str]]:
+    """Resolve DVC's target forms into one stage file and the stage names in it.
+
+    A target is STAGE, FILE:STAGE, DIR:STAGE (the stage file DIR/dvc.yaml)
+    or the path of an existing .yaml stage file, which selects all its
+    stages. One repro runs one stage file, so every target must name the
+    same file.
+    """
+    from expfs.errors import UsageError
+
+    chosen: str | None = None
+    stages: list[str] = []
+    whole_file = False
+    for target in targets:
+        path, colon, stage = target.rpartition(":")
+        if not colon:
+            path, stage = "", target
+            if target.endswith((".yaml", ".yml")) and os.path.isfile(target):
+                path, stage = target, ""
+        if not path:
+            path = stage_file
+        elif os.path.isdir(path):
+            path = os.path.join(path, "dvc.yaml")
+        if chosen is None:
+            chosen = path
+        elif os.path.realpath(path) != os.path.realpath(chosen):
+            raise UsageError(
+                f"targets name two stage files, {chosen} and {path}: run repro "
+                "once for each file"
+            )
+        if stage:
+            stages.append(stage)
+        else:
+            whole_file = True
+    if chosen is None:
+        return stage_file, []
+    if not os.path.exists(chosen):
+        raise UsageError(
+            f"stage file {chosen} not found: give a target as STAGE, "
+            "path/to/dvc.yaml:STAGE or path/to/dir:STAGE"
+        )
+    return chosen, [] if whole_file else stages
 
 
 def cmd_repro(args: argparse.Namespace) -> int:
@@ -127,7 +202,13 @@ def cmd_repro(args: argparse.Namespace) -> int:
     from expfs.repro.engine import StageStopped
     from expfs_cli.signals import exit_status, signal_of, stop_on_signals
 
+    _set_log_level(args)
+    args.file, args.targets = split_targets(args.targets, args.file)
     repro = _repro(args)
+    if not repro.pipeline.stages and not args.targets:
+        if not args.quiet:
+            _report_no_stages(args.file)
+        return 0
     started = time.time()
     outcome, error = "failed", ""
     try:
@@ -180,6 +261,21 @@ def _record_in_experiment(
     )
 
 
+def _set_log_level(args: argparse.Namespace) -> None:
+    """Apply repro's own -v and -q, which DVC users give after the command."""
+    import logging
+
+    if args.repro_verbose:
+        logging.getLogger().setLevel(logging.DEBUG)
+    elif args.quiet:
+        logging.getLogger().setLevel(logging.ERROR)
+
+
+def _report_no_stages(stage_file: str) -> None:
+    # As DVC does, an empty pipeline is not an error: there is nothing to do.
+    print(f"there are no stages in {stage_file}: nothing to do")
+
+
 def cmd_unprotect(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -224,6 +320,9 @@ def _nearest_stage_file(root: str) -> str:
 
 def cmd_status(args: argparse.Namespace) -> int:
     repro = _repro(args, dry=True)
+    if not repro.pipeline.stages:
+        _report_no_stages(args.file)
+        return 0
     outcomes = repro.plan()
     stale = [o for o in outcomes if o.action not in ("skipped", "frozen")]
     for outcome in stale:
@@ -238,10 +337,16 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
     from expfs.runcache import RunCache
     from expfs.store.repo import store_for
+    from expfs.text import plural
 
     records = sorted(RunCache(store_for(".")), key=lambda r: r.started)
     if args.json:
-        json.dump([asdict(r) for r in records], sys.stdout, indent=2)
+        rows = []
+        for r in records:
+            row = asdict(r)
+            row["outputs"] = [_output_json(out) for out in row["outputs"]]
+            rows.append(row)
+        json.dump(rows, sys.stdout, indent=2)
         sys.stdout.write("\n")
         return 0
     for r in records:
@@ -249,4 +354,18 @@ def cmd_runs(args: argparse.Namespace) -> int:
         print(
             f"{r.key[:12]}  {r.stage:<20} {when}  {r.duration_s:7.2f} s  restored {r.restored}x"
         )
+        for out in r.outputs:
+            size = plural(out.size, "byte")
+            print(
+                f"    {OUTPUT_KINDS[out.kind]:<7} {out.mode:o}  {size:>12}  {out.path}"
+            )
     return 0
+
+
+# The word for each output kind (Kind.FILE, DIRECTORY, SYMLINK): the type of
+# object its digest names in the store.
+OUTPUT_KINDS = {1: "blob", 2: "tree", 3: "symlink"}
+
+
+def _output_json(out: dict[str, Any]) -> dict[str, Any]:
+    return {**out, "kind": OUTPUT_KINDS[out["kind"]], "mode": f"{out['mode']:o}"}

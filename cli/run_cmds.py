@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 from expfs.text import plural
+from expfs_cli.argtypes import positive_int
 
 
 def register_exp(exp_sub: Any) -> None:
@@ -36,7 +37,7 @@ def register_exp(exp_sub: Any) -> None:
     p.add_argument(
         "-j",
         "--jobs",
-        type=int,
+        type=positive_int,
         default=1,
         metavar="N",
         help="run N experiments at once",
@@ -53,7 +54,7 @@ def register_exp(exp_sub: Any) -> None:
     )
     p.add_argument(
         "--max-experiments",
-        type=int,
+        type=positive_int,
         default=1000,
         metavar="N",
         help="reject a sweep of more than N experiments (default 1000)",
@@ -84,7 +85,7 @@ def register(sub: Any) -> None:
     p.add_argument(
         "-j",
         "--jobs",
-        type=int,
+        type=positive_int,
         default=1,
         metavar="N",
         help="run N experiments at once",

@@ -25,7 +25,8 @@ this package's folder), found through a socket in `/tmp/expfs-UID`:
 - The client forwards SIGINT, SIGTERM, SIGHUP and SIGQUIT to the command.
   When the client dies, the command receives SIGINT, which stops its
   experiments and unmounts them as Ctrl-C does.
-- `EXPFS_NO_SERVER=1` runs every command in its own process.
+- `EXPFS_NO_SERVER=1` (or yes, true, on) runs every command in its own
+  process; 0, no, false and off leave the server on.
 
 The server logs its start, stop and every command to `server-KEY.log` next
 to its socket. The client's side is `expfs_cli.client`.

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from expfs.errors import ExpfsError, UsageError
+from expfs.refnames import ref_name_problem
 from expfs.store import layout
 from expfs.store.objects import Store
 from expfs.store.trees import Digest
@@ -87,19 +88,13 @@ class Experiment:
 
 
 def validate_name(name: str) -> None:
-    """Raise `UsageError` unless `name` can name an experiment."""
-    encoded = os.fsencode(name)
-    problem = None
-    if not name:
-        problem = "it is empty"
-    elif "/" in name or "\0" in name:
-        problem = "it contains '/' or a NUL byte"
-    elif name[0] in "-.":
-        problem = "it starts with '-' or '.'"
-    elif len(encoded) > MAX_NAME_BYTES:
-        problem = f"it is {len(encoded)} bytes long (the limit is {MAX_NAME_BYTES})"
-    elif any(ord(c) < 32 for c in name):
-        problem = "it contains a control character"
+    """Raise `UsageError` unless `name` can name an experiment.
+
+    A name must pass `git check-ref-format`, and also be one path component
+    (it names the mount folder) without '@' (NAME@ID picks one of several
+    records of a name) or a leading '-' (it would read as an option).
+    """
+    problem = ref_name_problem(name) or _folder_name_problem(name)
     if problem is not None:
         raise UsageError(
             f"invalid experiment name {name!r}: {problem}; use letters, digits, "
@@ -132,6 +127,19 @@ def reject_in_workspace(
         f"`expfs {command}` in {mounted.project}"
         + (f", {other_fix}" if other_fix else "")
     )
+
+
+def _folder_name_problem(name: str) -> str | None:
+    size = len(os.fsencode(name))
+    if "/" in name:
+        return "it contains '/', and the name must be one folder name"
+    if "@" in name:
+        return "it contains '@', which separates a name from its id in NAME@ID"
+    if name.startswith("-"):
+        return "it starts with '-'"
+    if size > MAX_NAME_BYTES:
+        return f"it is {size} bytes long (the limit is {MAX_NAME_BYTES})"
+    return None
 
 
 def repo_root(store: Store) -> str:

@@ -43,6 +43,7 @@ import yaml
 
 from expfs.errors import ExpfsError, MissingObject, StoreNotFound, UsageError
 from expfs.experiments import Experiment, get_experiment, repo_root
+from expfs.refnames import ref_name_problem
 from expfs.remote.lazy import ensure_local
 from expfs.repro.busy import checkout_state_dir, workspace_lock
 from expfs.repro.checkout import CheckoutWriter, configured_link_types, remove_path
@@ -268,11 +269,19 @@ class PromoteResult:
 
 def check_new_branch(repo: str, branch: str, tag: str | None) -> None:
     """Raise unless `branch` (and `tag`) are valid names that do not exist yet."""
-    proc = run_git(repo, "check-ref-format", "--branch", branch, ok_codes=(0, 1, 128))
-    if proc.returncode != 0:
+    problem = ref_name_problem(branch)
+    if problem is None and branch.startswith("-"):
+        problem = "it starts with '-'"
+    if problem is None:
+        proc = run_git(
+            repo, "check-ref-format", "--branch", branch, ok_codes=(0, 1, 128)
+        )
+        if proc.returncode != 0:
+            problem = "`git check-ref-format --branch` rejects it"
+    if problem is not None:
         raise UsageError(
-            f"{branch!r} is not a valid branch name: see `git check-ref-format` "
-            "(no spaces, '..', '~', '^', ':' or trailing '/')"
+            f"invalid branch name {branch!r}: {problem}; give another --branch "
+            "(see `git help check-ref-format`)"
         )
     existing = ref_exists(repo, f"refs/heads/{branch}")
     if existing is not None:
@@ -282,10 +291,19 @@ def check_new_branch(repo: str, branch: str, tag: str | None) -> None:
         )
     if tag is None:
         return
-    if run_git(
-        repo, "check-ref-format", f"refs/tags/{tag}", ok_codes=(0, 1)
-    ).returncode:
-        raise UsageError(f"{tag!r} is not a valid tag name: see `git check-ref-format`")
+    problem = ref_name_problem(tag)
+    if (
+        problem is None
+        and run_git(
+            repo, "check-ref-format", f"refs/tags/{tag}", ok_codes=(0, 1)
+        ).returncode
+    ):
+        problem = "`git check-ref-format` rejects it"
+    if problem is not None:
+        raise UsageError(
+            f"invalid tag name {tag!r}: {problem}; give another --tag "
+            "(see `git help check-ref-format`)"
+        )
     existing = ref_exists(repo, f"refs/tags/{tag}")
     if existing is not None:
         raise BranchExists(

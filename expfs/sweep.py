@@ -109,6 +109,8 @@ def plan_sweep(
             f"--max-experiments {max_experiments}: narrow the lists or ranges, or "
             "raise --max-experiments"
         )
+    if name is not None:
+        validate_name(name)
     taken = {e.name for e in list_experiments(store)}
     plans: list[Plan] = []
     for index, combination in enumerate(combinations):
@@ -139,6 +141,15 @@ def _reject_empty_values(text: str) -> None:
             f"override {text!r} has an empty value: give one, or write '' for an "
             "empty string"
         )
+
+
+def check_stage_file(repo: str) -> None:
+    """Raise the error of a malformed dvc.yaml before the working tree is stored."""
+    from expfs.pipeline import load_pipeline
+
+    stage_file = Path(repo, "dvc.yaml")
+    if stage_file.exists():
+        load_pipeline(stage_file, repo)
 
 
 def check_plans(repo: str, plans: Sequence[Plan]) -> list[Plan]:
@@ -858,6 +869,7 @@ def run_experiments(
         # The launcher imports the daemon while the base is snapshotted.
         runner.launcher = open_launcher(store.root)
     try:
+        check_stage_file(repo)
         base = snapshot_base(store, repo)
         plans = plan_sweep(store, overrides, name, base, max_experiments)
         plans = check_plans(repo, plans)

@@ -17,6 +17,7 @@ from expfs.pipeline.errors import (
     StageFileError,
     TemplateError,
 )
+from expfs.pipeline.params import read_stage_params
 from expfs.pipeline.paths import check_inside
 
 
@@ -224,3 +225,89 @@ def test_check_inside_follows_symlinks(tmp_path: Path) -> None:
         check_inside(root, "link/model.pkl")
     with pytest.raises(PathOutsideWorkspace, match="outside the workspace"):
         check_inside(root, "../outside")
+
+
+PARAMS_STAGE = """\
+stages:
+  train:
+    cmd: echo
+    params:
+      - lr
+      - other.yaml:
+          - x
+          - y
+      - params.yaml: [depth, nope]
+"""
+
+
+def params_error(folder: Path) -> str:
+    path = folder / "dvc.yaml"
+    path.write_text(PARAMS_STAGE)
+    stage = load_pipeline(path).stages["train"]
+    with pytest.raises(ParamsError) as info:
+        read_stage_params(stage, folder)
+    return info.value.message
+
+
+def test_unknown_param_names_its_line(tmp_path: Path) -> None:
+    (tmp_path / "params.yaml").write_text("lr: 1\ndepth: 2\n")
+    (tmp_path / "other.yaml").write_text("x: 1\ny: 2\n")
+    message = params_error(tmp_path)
+    assert message.startswith(f"{tmp_path / 'dvc.yaml'}:9: stage 'train': ")
+    assert "param 'nope' not found in 'params.yaml'" in message
+    assert "add it to the file or remove it from the stage" in message
+
+    (tmp_path / "params.yaml").write_text("lr: 1\ndepth: 2\nnope: 3\n")
+    (tmp_path / "other.yaml").write_text("x: 1\n")
+    message = params_error(tmp_path)
+    assert message.startswith(f"{tmp_path / 'dvc.yaml'}:8: stage 'train': ")
+    assert "param 'y' not found in 'other.yaml'" in message
+
+    (tmp_path / "params.yaml").write_text("depth: 2\n")
+    message = params_error(tmp_path)
+    assert message.startswith(f"{tmp_path / 'dvc.yaml'}:5: stage 'train': ")
+    assert "param 'lr' not found in 'params.yaml'" in message
+
+
+def test_missing_params_file_names_its_line(tmp_path: Path) -> None:
+    (tmp_path / "params.yaml").write_text("lr: 1\ndepth: 2\nnope: 3\n")
+    message = params_error(tmp_path)
+    assert message.startswith(f"{tmp_path / 'dvc.yaml'}:6: stage 'train': ")
+    assert "other.yaml' not found" in message
+
+
+@pytest.mark.parametrize(
+    ("field", "second_item", "name"),
+    [
+        ("deps", "${nope}.txt", "deps[1]"),
+        ("outs", "${nope}.txt", "outs[1]"),
+        ("metrics", "${nope}.json", "metrics[1]"),
+        ("plots", "${nope}.csv", "plots[1]"),
+        ("params", "${nope}", "params[1]"),
+        ("cmd", "echo ${nope}", "cmd[1]"),
+    ],
+)
+def test_template_error_in_second_item_line(
+    tmp_path: Path, field: str, second_item: str, name: str
+) -> None:
+    (tmp_path / "params.yaml").write_text("lr: 1\n")
+    cmd = "" if field == "cmd" else "    cmd: echo\n"
+    text = f"stages:\n  a:\n{cmd}    {field}:\n      - first\n      - '{second_item}'\n"
+    exc = error_of(tmp_path, text)
+    line = text.splitlines().index(f"      - '{second_item}'") + 1
+    assert f"dvc.yaml:{line}: stage 'a': {name}: template variable 'nope'" in str(exc)
+
+
+def test_template_error_in_output_key_line(tmp_path: Path) -> None:
+    text = (
+        "stages:\n  a:\n    cmd: echo\n    metrics:\n      - m.json:\n"
+        "          cache: false\n      - ${nope}.json:\n          cache: false\n"
+    )
+    exc = error_of(tmp_path, text)
+    assert "dvc.yaml:7: stage 'a': metrics[1].${nope}.json: template" in str(exc)
+
+
+def test_template_error_in_output_flag_line(tmp_path: Path) -> None:
+    text = "stages:\n  a:\n    cmd: echo\n    plots:\n      - p.csv:\n          x: ${nope}\n"
+    exc = error_of(tmp_path, text)
+    assert "dvc.yaml:6: stage 'a': plots[0].p.csv.x: template" in str(exc)

@@ -39,7 +39,12 @@ def run_cli(
     cwd: Path, *args: str, capsys: pytest.CaptureFixture[str]
 ) -> tuple[int, str, str]:
     """Run `expfs ARGS` in-process from `cwd`; return (status, stdout, stderr)."""
-    code = main(["-C", str(cwd), *args])
+    try:
+        code = main(["-C", str(cwd), *args])
+    except SystemExit as exc:
+        # argparse rejects a bad option value before any command runs.
+        assert isinstance(exc.code, int)
+        code = exc.code
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 
@@ -191,8 +196,8 @@ def test_show_without_store(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     ("args", "expected"),
     [
         (["--sort-by", "accuracy"], "unknown param or metric 'accuracy'"),
-        (["--precision", "0"], "invalid precision 0"),
-        (["--precision", "40"], "invalid precision 40"),
+        (["--precision", "0"], "argument --precision: '0' is out of range: give 1"),
+        (["--precision", "40"], "'40' is out of range: give 1 to 17"),
     ],
 )
 def test_show_bad_input(

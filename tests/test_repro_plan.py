@@ -200,3 +200,173 @@ def test_keep_going_failed_stage_status(failing: Path) -> None:
     assert "stage 'last': skipped because stage 'bad' failed" in single.stdout
     assert "failing" in plain.stderr
     assert "failing" in keep_going.stderr
+
+
+def test_killed_stage_reports_signal(repo: Path) -> None:
+    (repo / "dvc.yaml").write_text(
+        "stages:\n  die:\n    cmd: kill -9 $$\n    outs: [never.txt]\n"
+    )
+    assert run_expfs(repo, "init").returncode == 0
+    for argv in (["repro"], ["repro", "-k"]):
+        done = run_expfs(repo, *argv)
+        assert done.returncode == 128 + 9, done.stderr
+        assert "its command was killed by signal 9 (SIGKILL)" in done.stderr
+        assert "(its command was killed by signal 9 (SIGKILL))" in done.stdout
+        assert "status -9" not in done.stderr + done.stdout
+
+
+ALWAYS = """\
+stages:
+  stamp:
+    cmd: date +%s%N > stamp.txt
+    always_changed: true
+    outs: [stamp.txt]
+  use:
+    cmd: cat stamp.txt > used.txt
+    deps: [stamp.txt]
+    outs: [used.txt]
+"""
+
+
+def test_status_always_changed_reason(repo: Path) -> None:
+    (repo / "dvc.yaml").write_text(ALWAYS)
+    assert run_expfs(repo, "init").returncode == 0
+    ok(repo, "repro")
+    status = ok(repo, "status").splitlines()
+    assert "stamp: would run (always changed)" in status
+    assert "use: may run (depends on 'stamp', which would run)" in status
+    dry = ok(repo, "repro", "--dry")
+    assert "(always changed)" in dry
+    assert "outputs missing or modified" not in dry
+
+
+def test_missing_dependency_names_its_line(repo: Path) -> None:
+    (repo / "dvc.yaml").write_text(
+        "stages:\n  a:\n    cmd: echo\n    deps:\n      - here.txt\n      - gone.txt\n"
+    )
+    (repo / "here.txt").write_text("x\n")
+    assert run_expfs(repo, "init").returncode == 0
+    for argv in (["repro"], ["status"], ["repro", "--dry"]):
+        done = run_expfs(repo, *argv)
+        assert done.returncode == 2, done.stdout
+        assert f"{repo / 'dvc.yaml'}:6: dependency 'gone.txt' of stage 'a'" in (
+            done.stderr
+        )
+        assert "or remove it from the stage's deps" in done.stderr
+
+
+@pytest.mark.parametrize("text", ["", "stages:\n", "stages: {}\n", "vars: []\n"])
+def test_empty_pipeline_says_so(repo: Path, text: str) -> None:
+    (repo / "dvc.yaml").write_text(text)
+    assert run_expfs(repo, "init").returncode == 0
+    for argv in (["repro"], ["repro", "--dry"], ["status"]):
+        done = run_expfs(repo, *argv)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout == "there are no stages in dvc.yaml: nothing to do\n"
+    assert not (repo / "expfs.lock").exists()
+
+
+def test_runs_kind_and_mode_words(project: Path) -> None:
+    import json
+
+    runs = {r["stage"]: r for r in json.loads(ok(project, "runs", "--json"))}
+    prepared = runs["prepare"]["outputs"][0]
+    assert prepared["path"] == "out/prepared.txt"
+    assert prepared["kind"] == "blob"
+    assert prepared["mode"] == "644"
+    model = runs["train"]["outputs"][0]
+    assert model["kind"] == "tree"
+    assert model["mode"] == "755"
+
+    table = ok(project, "runs").splitlines()
+    assert "    blob    644       4 bytes  out/prepared.txt" in table
+    assert any(line.startswith("    tree    755 ") for line in table)
+
+
+SUB_PIPELINE = """\
+stages:
+  a:
+    cmd: echo a > a.txt
+    outs: [a.txt]
+  b:
+    cmd: echo b > b.txt
+    outs: [b.txt]
+"""
+
+
+@pytest.fixture
+def two_files(repo: Path) -> Path:
+    (repo / "dvc.yaml").write_text(
+        "stages:\n  top:\n    cmd: echo top > top.txt\n    outs: [top.txt]\n"
+    )
+    (repo / "sub").mkdir()
+    (repo / "sub" / "dvc.yaml").write_text(SUB_PIPELINE)
+    assert run_expfs(repo, "init").returncode == 0
+    return repo
+
+
+@pytest.mark.parametrize(
+    ("target", "ran"),
+    [
+        ("dvc.yaml:top", ["top.txt"]),
+        ("top", ["top.txt"]),
+        ("sub/dvc.yaml:a", ["sub/a.txt"]),
+        ("sub:b", ["sub/b.txt"]),
+        ("sub/dvc.yaml", ["sub/a.txt", "sub/b.txt"]),
+    ],
+)
+def test_repro_file_and_stage_target(
+    two_files: Path, target: str, ran: list[str]
+) -> None:
+    ok(two_files, "repro", target)
+    written = sorted(
+        str(p.relative_to(two_files)) for p in two_files.rglob("*.txt") if p.is_file()
+    )
+    assert written == ran
+
+
+@pytest.mark.parametrize(
+    ("targets", "message"),
+    [
+        (["sub:a", "dvc.yaml:top"], "targets name two stage files, sub/dvc.yaml and"),
+        (["nope/dvc.yaml:x"], "stage file nope/dvc.yaml not found"),
+        (["sub:zz"], "no stage named zz in sub/dvc.yaml"),
+    ],
+)
+def test_repro_bad_target_rejected(
+    two_files: Path, targets: list[str], message: str
+) -> None:
+    done = run_expfs(two_files, "repro", *targets)
+    assert done.returncode == 2
+    assert message in done.stderr
+    assert not list(two_files.rglob("*.txt"))
+    assert not (two_files / "sub" / "expfs.lock").exists()
+
+
+def test_repro_verbose_and_quiet(repo: Path) -> None:
+    (repo / "dvc.yaml").write_text(
+        "stages:\n  hello:\n    cmd: echo hi > hi.txt && echo said hi\n"
+        "    deps: [dvc.yaml]\n    outs: [hi.txt]\n"
+    )
+    assert run_expfs(repo, "init").returncode == 0
+    plain = run_expfs(repo, "repro")
+    assert plain.returncode == 0, plain.stderr
+    assert "INFO:" not in plain.stderr
+
+    verbose = run_expfs(repo, "repro", "-f", "--verbose")
+    assert verbose.returncode == 0, verbose.stderr
+    assert "INFO: stage 'hello': ran in" in verbose.stderr
+
+    quiet = run_expfs(repo, "repro", "-q", "-f")
+    assert quiet.returncode == 0, quiet.stderr
+    assert quiet.stdout == "said hi\n"
+    assert quiet.stderr == ""
+
+    (repo / "dvc.yaml").write_text("stages:\n  bad:\n    cmd: exit 3\n")
+    failed = run_expfs(repo, "repro", "--quiet")
+    assert failed.returncode == 3
+    assert "stage 'bad' failed" in failed.stderr
+
+    both = run_expfs(repo, "repro", "-v", "-q")
+    assert both.returncode == 2
+    assert "not allowed with argument" in both.stderr

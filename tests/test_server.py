@@ -156,7 +156,8 @@ def test_command_output_and_status_reach_client(
     assert server_pid(server_dir) is not None
 
 
-def test_no_server_when_disabled(project: Path, server_dir: Path) -> None:
+@pytest.mark.parametrize("value", ["1", "yes", "TRUE", "on"])
+def test_no_server_when_disabled(project: Path, server_dir: Path, value: str) -> None:
     expfs(
         project,
         server_dir,
@@ -166,11 +167,19 @@ def test_no_server_when_disabled(project: Path, server_dir: Path) -> None:
         "x=2",
         "--name",
         "a",
-        EXPFS_NO_SERVER="1",
+        EXPFS_NO_SERVER=value,
     )
     assert statuses(project) == {"a": "success"}
     assert server_pid(server_dir) is None
     assert not list(server_dir.glob("*.sock"))
+
+
+@pytest.mark.parametrize("value", ["0", "no", "false", ""])
+def test_server_used_when_not_disabled(
+    project: Path, server_dir: Path, value: str
+) -> None:
+    expfs(project, server_dir, "repro", EXPFS_NO_SERVER=value)
+    assert server_pid(server_dir) is not None
 
 
 def test_idle_server_exits(project: Path, server_dir: Path) -> None:
@@ -359,6 +368,7 @@ def test_interrupt_forwarded_to_command(
             "relative/dir",
             "EXPFS_SERVER_DIR='relative/dir' is a relative",
         ),
+        ("EXPFS_NO_SERVER", "maybe", "EXPFS_NO_SERVER='maybe' is neither true"),
     ],
 )
 def test_bad_server_setting_is_an_error(
@@ -382,6 +392,51 @@ def test_shared_server_dir_is_an_error(project: Path, tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert f"run `chmod 700 {shared}`" in proc.stderr
     assert not list(shared.iterdir())
+
+
+def test_symlinked_server_dir_is_an_error(project: Path, tmp_path: Path) -> None:
+    real = tmp_path / "real"
+    real.mkdir(mode=0o700)
+    link = tmp_path / "link"
+    link.symlink_to(real)
+    proc = expfs(project, link, "repro", check=False)
+    assert proc.returncode == 2
+    assert f"{link} is not a private folder" in proc.stderr
+    assert f"it is a symbolic link to {real}" in proc.stderr
+    assert f"set EXPFS_SERVER_DIR to {real} if that folder is yours" in proc.stderr
+    assert "chmod" not in proc.stderr
+    assert not list(real.iterdir())
+
+
+def test_file_as_server_dir_is_an_error(project: Path, tmp_path: Path) -> None:
+    file = tmp_path / "a-file"
+    file.write_text("not a folder\n")
+    proc = expfs(project, file, "repro", check=False)
+    assert proc.returncode == 2
+    assert f"{file} is not a private folder of user {os.getuid()}: it is not a " in (
+        proc.stderr
+    )
+    assert f"set EXPFS_SERVER_DIR to another folder, or remove the file {file}" in (
+        proc.stderr
+    )
+    assert "chmod" not in proc.stderr
+    assert file.read_text() == "not a folder\n"
+
+
+def test_other_users_server_dir_is_an_error(project: Path, tmp_path: Path) -> None:
+    if os.getuid() != 0:
+        pytest.skip("needs root to give a folder to another user (chown)")
+    theirs = tmp_path / "theirs"
+    theirs.mkdir(mode=0o700)
+    os.chown(theirs, 65534, -1)
+    proc = expfs(project, theirs, "repro", check=False)
+    assert proc.returncode == 2
+    assert f"{theirs} is not a private folder of user 0: it belongs to user 65534" in (
+        proc.stderr
+    )
+    assert "or ask user 65534 to remove it" in proc.stderr
+    assert "chmod" not in proc.stderr
+    assert not list(theirs.iterdir())
 
 
 def test_unsafe_default_folder_warns_and_runs(project: Path, tmp_path: Path) -> None:

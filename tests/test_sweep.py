@@ -143,6 +143,35 @@ def test_second_sweep_restores(project: Path) -> None:
     assert any("restored from the run-cache" in text for text in logs)
 
 
+@pytest.mark.parametrize("queue", [[], ["--queue"]])
+def test_bad_stage_file_reported_once(project: Path, queue: list[str]) -> None:
+    (project / "dvc.yaml").write_text("stages:\n  a:\n    cmd: echo\n    deps: [x\n")
+    proc = run(project, "exp", "run", *queue, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.count("malformed YAML") == 1, proc.stderr
+    assert f"{project / 'dvc.yaml'}:5: malformed YAML" in proc.stderr
+    assert show(project) == {}
+    # Nothing was stored: gc finds no snapshot of the working tree to remove.
+    dry = run(project, "gc", "--dry", "--grace", "0").stdout
+    assert dry.startswith("would remove 0 blobs and 0 trees"), dry
+
+
+def test_killed_stage_reported(project: Path) -> None:
+    (project / "dvc.yaml").write_text("stages:\n  die:\n    cmd: kill -9 $$\n")
+    proc = run(project, "exp", "run", "-n", "ran", check=False)
+    assert proc.returncode == 1
+    run(project, "exp", "run", "--queue", "-n", "queued")
+    proc = run(project, "queue", "start", check=False)
+    assert proc.returncode == 1
+    experiments = show(project)
+    signal_text = "its command was killed by signal 9 (SIGKILL)"
+    for name in ("ran", "queued"):
+        assert experiments[name].status == "failed"
+        assert signal_text in experiments[name].error
+        assert signal_text in run(project, "queue", "logs", name).stdout
+    assert signal_text in run(project, "queue", "status").stdout
+
+
 def test_failed_experiment_among_good_ones(project: Path) -> None:
     proc = run(project, "exp", "run", "-S", "lr=0.1,-1,0.3", "-j", "2", check=False)
     assert proc.returncode == 1
@@ -249,10 +278,20 @@ def test_untracked_and_modified_files_reach_experiment(repo: Path) -> None:
     assert "secret.txt" not in listing
 
 
-def test_invalid_name_rejected(project: Path) -> None:
-    proc = run(project, "exp", "run", "--name", "a/b", check=False)
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--name", "a/b"], "invalid experiment name 'a/b': it contains '/'"),
+        (["--name", "a b"], "invalid experiment name 'a b': it contains a space"),
+        (["--queue", "-n", "x..y"], "'x..y': it contains '..'"),
+        (["-n", "v@2", "-S", "lr=0.1,0.2"], "'v@2': it contains '@'"),
+        (["--queue", "-n", ""], "invalid experiment name '': it is empty"),
+    ],
+)
+def test_invalid_name_rejected(project: Path, argv: list[str], message: str) -> None:
+    proc = run(project, "exp", "run", *argv, check=False)
     assert proc.returncode == 2
-    assert "invalid experiment name 'a/b'" in proc.stderr
+    assert message in proc.stderr
     assert show(project) == {}
 
 

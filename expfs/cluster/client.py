@@ -382,10 +382,11 @@ def run_on_cluster(
 ) -> list[Experiment]:
     """Create the experiments of a sweep and run each as a task on a Dask cluster."""
     from expfs.cluster.node import push_snapshot
-    from expfs.sweep import create_planned, plan_sweep
+    from expfs.sweep import check_stage_file, create_planned, plan_sweep
 
     distributed = import_distributed()
     remote = cluster_remote(store)
+    check_stage_file(repo_root(store))
     base = snapshot_base(store, repo_root(store))
     plans = plan_sweep(store, overrides, name, base)
     push_snapshot(store, remote, base)

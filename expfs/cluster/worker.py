@@ -24,6 +24,7 @@ from distributed import Event, get_worker
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from expfs.cluster import PROGRESS_PREFIX, WorkerUnfit
+from expfs.text import exit_description
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +213,7 @@ def _read_result(path: str, status: int, lines: list[str]) -> dict[str, Any]:
         text = [line for line in lines if not line.startswith(PROGRESS_PREFIX)]
         tail = "".join(text[-5:]).strip() or "no output"
         raise TaskCrashed(
-            f"the experiment process exited with status {status} without a "
+            f"the experiment process {exit_description(status)} without a "
             f"result; its last output: {tail}"
         ) from None
     os.unlink(path)

@@ -180,8 +180,10 @@ def _read_ready(fd: int, proc: subprocess.Popen[bytes] | ForkedDaemon) -> str:
             continue
         chunk = os.read(fd, 4096)
         if not chunk:
+            from expfs.text import exit_description
+
             code = proc.wait()
-            return f"the daemon exited with status {code} before it was ready"
+            return f"the daemon {exit_description(code)} before it was ready"
         data += chunk
     line = data.split(b"\n", 1)[0].decode(errors="replace")
     if line.startswith("error: "):

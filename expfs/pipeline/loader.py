@@ -36,6 +36,8 @@ class LoadedYaml:
     path: Path
     data: Any
     lines: dict[DocPath, int] = field(default_factory=dict)
+    # The line of each mapping key, by the path of its value.
+    key_lines: dict[DocPath, int] = field(default_factory=dict)
 
     def line_of(self, doc_path: DocPath) -> int | None:
         """Return the line of `doc_path`, or of its nearest ancestor that has one."""
@@ -51,6 +53,13 @@ class LoadedYaml:
         line = self.line_of(doc_path)
         return f"{self.path}:{line}" if line is not None else str(self.path)
 
+    def where_key(self, doc_path: DocPath) -> str:
+        """Format `file:line` of the mapping key whose value is at `doc_path`."""
+        line = self.key_lines.get(tuple(doc_path))
+        if line is None:
+            return self.where(doc_path)
+        return f"{self.path}:{line}"
+
 
 def load_yaml_text(text: str, path: Path) -> LoadedYaml:
     """Parse `text` (the content of `path`), raising StageFileError with the line."""
@@ -59,9 +68,9 @@ def load_yaml_text(text: str, path: Path) -> LoadedYaml:
         node = loader.get_single_node()
         if node is None:
             return LoadedYaml(path, None)
-        lines: dict[DocPath, int] = {}
-        _record_lines(node, (), lines, path)
-        data = loader.construct_document(node)
+        loaded = LoadedYaml(path, None)
+        _record_lines(node, (), loaded, path)
+        loaded.data = loader.construct_document(node)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = f":{mark.line + 1}" if mark is not None else ""
@@ -73,7 +82,7 @@ def load_yaml_text(text: str, path: Path) -> LoadedYaml:
         raise StageFileError(f"{path}: malformed YAML: {exc}") from exc
     finally:
         loader.dispose()
-    return LoadedYaml(path, data, lines)
+    return loaded
 
 
 def load_yaml_file(path: Path) -> LoadedYaml:
@@ -88,15 +97,15 @@ def load_yaml_file(path: Path) -> LoadedYaml:
 
 
 def _record_lines(
-    node: yaml.Node, doc_path: DocPath, lines: dict[DocPath, int], path: Path
+    node: yaml.Node, doc_path: DocPath, loaded: LoadedYaml, path: Path
 ) -> None:
-    lines[doc_path] = node.start_mark.line + 1
-    for child_path, child in _children(node, doc_path, path):
-        _record_lines(child, child_path, lines, path)
+    loaded.lines[doc_path] = node.start_mark.line + 1
+    for child_path, child in _children(node, doc_path, loaded, path):
+        _record_lines(child, child_path, loaded, path)
 
 
 def _children(
-    node: yaml.Node, doc_path: DocPath, path: Path
+    node: yaml.Node, doc_path: DocPath, loaded: LoadedYaml, path: Path
 ) -> Iterator[tuple[DocPath, yaml.Node]]:
     if isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):
@@ -115,4 +124,5 @@ def _children(
                     f"'{key}'; keep only one of them"
                 )
             seen.add(key)
+            loaded.key_lines[(*doc_path, key)] = key_node.start_mark.line + 1
             yield (*doc_path, key), value_node

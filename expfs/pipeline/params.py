@@ -286,14 +286,22 @@ def read_stage_params(stage: Stage, root: Path) -> dict[str, dict[str, Any]]:
     """
     values: dict[str, dict[str, Any]] = {}
     for dep in stage.params:
+        where = f"{dep.where}: " if dep.where else ""
         try:
             data = read_params(root / dep.workspace_path)
-            if dep.keys is None:
-                values[dep.workspace_path] = dict(data)
-                continue
-            values[dep.workspace_path] = {
-                key: get_param(data, key, dep.workspace_path) for key in dep.keys
-            }
         except ParamsError as exc:
-            raise ParamsError(f"stage '{stage.name}': {exc.message}") from None
+            raise ParamsError(f"{where}stage '{stage.name}': {exc.message}") from None
+        if dep.keys is None:
+            values[dep.workspace_path] = dict(data)
+            continue
+        found = values[dep.workspace_path] = {}
+        for key in dep.keys:
+            try:
+                found[key] = get_param(data, key, dep.workspace_path)
+            except ParamsError as exc:
+                key_where = dep.key_where.get(key, dep.where)
+                where = f"{key_where}: " if key_where else ""
+                raise ParamsError(
+                    f"{where}stage '{stage.name}': {exc.message}"
+                ) from None
     return values

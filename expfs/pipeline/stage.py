@@ -60,6 +60,8 @@ class Dep:
 
     path: str
     workspace_path: str
+    where: str = field(default="", compare=False)
+    """The `file:line` of its entry in the stage file, for messages."""
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,12 @@ class ParamsDep:
     path: str
     workspace_path: str
     keys: tuple[str, ...] | None
+    where: str = field(default="", compare=False)
+    """The `file:line` of the file's first entry in the stage file, for messages."""
+    key_where: Mapping[str, str] = field(
+        default_factory=dict, compare=False, hash=False
+    )
+    """The `file:line` of each key's entry in the stage file, for messages."""
 
 
 @dataclass(frozen=True)

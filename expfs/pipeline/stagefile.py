@@ -390,6 +390,17 @@ class _Builder:
         return items
 
 
+def _field_name(sub_path: DocPath) -> str:
+    """Format a path inside a stage as `outs[1]` or `params[0].other.yaml`."""
+    text = ""
+    for part in sub_path:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += f".{part}" if text else part
+    return text
+
+
 class _StageFields:
     """Templates and type-checks the fields of one stage."""
 
@@ -417,12 +428,40 @@ class _StageFields:
         return self.body.get(key)
 
     def render(self, value: Any, sub_path: DocPath, *, in_cmd: bool = False) -> Any:
+        """Template `value`, walking lists and mappings item by item.
+
+        An error then names the line of the item, key or flag that contains
+        the bad expression.
+        """
+        if isinstance(value, list):
+            return [
+                self.render(item, (*sub_path, index), in_cmd=in_cmd)
+                for index, item in enumerate(value)
+            ]
+        if isinstance(value, dict):
+            rendered: dict[Any, Any] = {}
+            for key, item in value.items():
+                item_path = (*sub_path, str(key))
+                new_key = self.render_leaf(key, item_path, is_key=True)
+                rendered[new_key] = self.render(item, item_path, in_cmd=in_cmd)
+            return rendered
+        return self.render_leaf(value, sub_path, in_cmd=in_cmd)
+
+    def render_leaf(
+        self,
+        value: Any,
+        sub_path: DocPath,
+        *,
+        in_cmd: bool = False,
+        is_key: bool = False,
+    ) -> Any:
         try:
             return render(value, self.context, in_cmd=in_cmd)
         except (Unresolved, BadValue) as exc:
-            field_name = ".".join(str(part) for part in sub_path)
+            full_path = (*self.doc_path, *sub_path)
+            where = self.builder.loaded.where_key if is_key else self.builder.where
             raise template_error(
-                exc, self.where(sub_path), self.name, field_name
+                exc, where(full_path), self.name, _field_name(sub_path)
             ) from None
 
     def string(self, key: str, *, default: str) -> str:
@@ -491,9 +530,8 @@ class _StageFields:
                 raise self.fail(
                     ("deps", index), f"a dependency must be a path, not {item!r}"
                 )
-            deps.append(
-                Dep(item, self.checked_path(wdir, item, "dependency", "deps", index))
-            )
+            location = self.checked_path(wdir, item, "dependency", "deps", index)
+            deps.append(Dep(item, location, where=self.where(("deps", index))))
         return tuple(deps)
 
     def params(self, raw: Any, wdir: str) -> tuple[ParamsDep, ...]:
@@ -506,8 +544,14 @@ class _StageFields:
             for name, keys in item.items()
             if not keys
         }
+        # Where each file and each (file, key) is declared, for messages.
+        file_where: dict[str, str] = {}
+        key_where: dict[tuple[str, str], str] = {}
         for index, item in enumerate(items):
             if isinstance(item, str):
+                where = self.where(("params", index))
+                file_where.setdefault(DEFAULT_PARAMS_FILE, where)
+                key_where.setdefault((DEFAULT_PARAMS_FILE, item), where)
                 if DEFAULT_PARAMS_FILE not in whole:
                     self.add_keys(keys_by_file, DEFAULT_PARAMS_FILE, [item])
                 continue
@@ -519,6 +563,12 @@ class _StageFields:
                 )
             for file_name, keys in item.items():
                 file_name = str(file_name)
+                entry: DocPath = ("params", index, file_name)
+                file_where.setdefault(file_name, self.where(("params", index)))
+                if isinstance(keys, list):
+                    for key_index, key in enumerate(keys):
+                        where = self.where((*entry, key_index))
+                        key_where.setdefault((file_name, str(key)), where)
                 if file_name in whole:
                     keys_by_file[file_name] = None
                     continue
@@ -535,7 +585,17 @@ class _StageFields:
         for file_name, keys in keys_by_file.items():
             path = self.checked_path(wdir, file_name, "params file", "params")
             result.append(
-                ParamsDep(file_name, path, None if keys is None else tuple(keys))
+                ParamsDep(
+                    file_name,
+                    path,
+                    None if keys is None else tuple(keys),
+                    where=file_where[file_name],
+                    key_where={
+                        key: where
+                        for (name, key), where in key_where.items()
+                        if name == file_name
+                    },
+                )
             )
         return tuple(result)
 

@@ -87,17 +87,83 @@ def check_name(name: str) -> None:
         )
 
 
+URL_FORMS = "an absolute path, file:///abs/path, s3://bucket/path or sftp://host/path"
+
+
 def check_url(url: str) -> None:
+    """Raise UsageError unless fsspec can open `url` as a remote's root.
+
+    A file URL must name an absolute path: in `file://data/x`, `data`
+    would be the host part, and fsspec would write to `x` relative to the
+    current folder, inside the project.
+    """
+    redacted = redact_url(url)
     parts = urlsplit(url)
     if "://" not in url or not parts.scheme:
+        example = ""
+        if "://" not in url and ":" not in url:
+            example = f" (such as {os.path.abspath(url)})"
+        raise UsageError(f"invalid remote URL {redacted!r}: give {URL_FORMS}{example}")
+    scheme = parts.scheme.lower()
+    if scheme == "file":
+        _check_file_url(url, parts.netloc, parts.path)
+        return
+    _check_protocol(redacted, scheme)
+    if not parts.netloc:
         raise UsageError(
-            f"invalid remote URL {redact_url(url)!r}: give a URL with a scheme, "
-            "such as file:///srv/expfs, sftp://host/path or s3://bucket/path"
+            f"invalid remote URL {redacted!r}: it names no "
+            f"{'bucket' if scheme in ('s3', 's3a') else 'host'}: give {URL_FORMS}"
         )
-    if parts.scheme == "file" and not parts.path.startswith("/"):
+    try:
+        # Reading the port checks it: urlsplit raises ValueError when it is
+        # not a number from 0 to 65535.
+        _ = parts.port
+    except ValueError:
         raise UsageError(
-            f"invalid remote URL {url!r}: a file:// URL needs an absolute path "
+            f"invalid remote URL {redacted!r}: the port is not a number from 0 to "
+            "65535: fix it or leave it out"
+        ) from None
+
+
+def _check_file_url(url: str, host: str, path: str) -> None:
+    # fsspec reads even file://localhost/x as the relative path localhost/x.
+    if host:
+        raise UsageError(
+            f"invalid remote URL {url!r}: a file URL needs an absolute path, and "
+            f"here {host!r} would be read as a host name: write "
+            f"file:///{host}{path} for the absolute path /{host}{path}, or give "
+            "an absolute path"
+        )
+    if not path.startswith("/"):
+        raise UsageError(
+            f"invalid remote URL {url!r}: a file URL needs an absolute path "
             "(file:///abs/path)"
+        )
+
+
+def _check_protocol(redacted: str, scheme: str) -> None:
+    import fsspec
+
+    try:
+        fsspec.get_filesystem_class(scheme)
+    except ValueError:
+        raise UsageError(
+            f"invalid remote URL {redacted!r}: fsspec knows no protocol {scheme!r}: "
+            f"give {URL_FORMS}"
+        ) from None
+    except ImportError as exc:
+        raise UsageError(
+            f"remote URL {redacted!r} needs a package that is not installed: {exc}"
+        ) from None
+
+
+def check_jobs_option(name: str, options: dict[str, str], where: str = "") -> None:
+    """Raise UsageError unless the `jobs` option, if set, is a count of 1 or more."""
+    jobs = options.get("jobs", "1")
+    if not (jobs.isdigit() and int(jobs) >= 1):
+        raise UsageError(
+            f"remote {name!r} {where}has invalid option jobs={jobs!r}: give a "
+            "whole number of parallel transfers, 1 or more"
         )
 
 
@@ -152,6 +218,7 @@ class ConfigFiles:
         """
         check_name(remote.name)
         check_url(remote.url)
+        check_jobs_option(remote.name, remote.options)
         if not remote.local and url_password(remote.url) is not None:
             raise UsageError(
                 f"the URL of remote {remote.name!r} contains a password, and "
@@ -218,6 +285,7 @@ def _remotes_of(data: dict, path: str, *, local: bool) -> dict[str, RemoteConfig
         if not isinstance(url, str):
             raise UsageError(f'remote {name!r} in {path} has no url: add `url = "..."`')
         options = {str(k): str(v) for k, v in table.get("options", {}).items()}
+        check_jobs_option(name, options, f"in {path} ")
         read_only = bool(table.get("read_only", False))
         found[name] = RemoteConfig(name, url, read_only, options, local)
     return found

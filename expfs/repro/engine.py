@@ -38,7 +38,7 @@ from expfs.runcache import LOG_TAIL_CHARS, OutputRecord, RunCache, RunRecord
 from expfs.store import layout
 from expfs.store.objects import Store
 from expfs.store.trees import Digest, Kind
-from expfs.text import plural
+from expfs.text import exit_description, plural, shell_exit_code
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +48,13 @@ class StageFailed(ExpfsError):
 
     def __init__(self, stage: str, status: int) -> None:
         super().__init__(
-            f"stage '{stage}' failed: its command exited with status {status}; "
+            f"stage '{stage}' failed: its command {exit_description(status)}; "
             "its outputs are left in place for inspection and nothing was recorded"
         )
         self.stage = stage
         self.status = status
-        self.exit_code = status if 0 < status < 128 else 1
+        # As a shell does: the command's status, or 128 + N for signal N.
+        self.exit_code = shell_exit_code(status) if status else 1
 
 
 class StageStopped(ExpfsError):
@@ -69,6 +70,8 @@ class StageStopped(ExpfsError):
         self.stage = stage
 
 
+# The reason given for running a stage marked `always_changed: true`.
+ALWAYS_CHANGED = "always changed"
 CANCEL_POLL_S = 0.2
 # How long a stopped command gets between SIGTERM and SIGKILL.
 STOP_GRACE_S = 5.0
@@ -127,6 +130,8 @@ class Options:
     keep_going: bool = False
     # Neither look up nor push runs on the default remote.
     no_remote: bool = False
+    # Print no line per stage; the lines are still logged at INFO.
+    quiet: bool = False
     # Polled while a command runs and between stages; True stops the run.
     cancelled: Callable[[], bool] | None = None
     # Called with (stage, "running") before a stage and (stage, action) after it.
@@ -264,7 +269,7 @@ class Repro:
             if changing[up] == "would restore" and self._reads_planned(stage, up):
                 continue
             if self.options.force or stage.always_changed:
-                reason = "forced" if self.options.force else "always_changed"
+                reason = "forced" if self.options.force else ALWAYS_CHANGED
                 return Outcome(stage.name, "would run", reason=reason)
             action = {"would restore": "would be restored"}.get(
                 changing[up], changing[up]
@@ -320,7 +325,7 @@ class Repro:
                     outcome = self.run_stage(stage)
             except StageFailed as exc:
                 self._current = None
-                reason = f"its command exited with status {exc.status}"
+                reason = f"its command {exit_description(exc.status)}"
                 elapsed = time.monotonic() - started
                 self._report(Outcome(name, "failed", elapsed, reason=reason))
                 if not self.options.keep_going:
@@ -354,7 +359,8 @@ class Repro:
         if outcome.action == "not run":
             line = f"stage '{outcome.stage}': skipped because {outcome.reason}"
         log.info("%s", line)
-        print(line, file=self.out, flush=True)
+        if not self.options.quiet:
+            print(line, file=self.out, flush=True)
 
     # -- one stage -----------------------------------------------------------
 
@@ -366,9 +372,11 @@ class Repro:
                 continue
             found = self.place.digest_of(dep.workspace_path)
             if found is None:
+                where = dep.where or str(self.pipeline.path)
                 raise UsageError(
-                    f"dependency '{dep.path}' of stage '{stage.name}' is missing: "
-                    "create it, or add the stage that writes it as an output"
+                    f"{where}: dependency '{dep.path}' of stage '{stage.name}' is "
+                    "missing: create it, add the stage that writes it as an "
+                    "output, or remove it from the stage's deps"
                 )
             deps[dep.workspace_path] = found[1]
         params = read_stage_params(stage, self.root)
@@ -455,6 +463,8 @@ class Repro:
         return self._execute(stage, inputs, no_cache_reason, started)
 
     def _why_run(self, stage: Stage, inputs: _Inputs) -> str:
+        if stage.always_changed:
+            return ALWAYS_CHANGED
         locked = self.lock.stages.get(stage.name)
         if locked is None:
             return "never ran"

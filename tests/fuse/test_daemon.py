@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from fusehelpers import Mount, expfs, is_mounted
+from fusehelpers import Mount, expfs, force_unmount, is_mounted
 
 from expfs.fuse.control import ControlClient, ControlError, socket_path
 from expfs.store.repo import open_store
@@ -361,3 +361,27 @@ def test_concurrent_control_clients(mounted: Mount) -> None:
     for t in threads:
         t.join()
     assert errors == []
+
+
+def test_mount_on_nonempty_folder_rejected(mounted: Mount, tmp_path: Path) -> None:
+    expfs(mounted.repo, "exp", "new", "e2")
+    target = tmp_path / "full"
+    target.mkdir()
+    (target / "mine.txt").write_text("keep me visible\n")
+    second = Mount(mounted.repo, "e2", target)
+    try:
+        proc = expfs(mounted.repo, "mount", "e2", str(target), check=False)
+        assert proc.returncode == 2
+        assert f"mount point {target} is not empty (1 entry)" in proc.stderr
+        assert "pass --nonempty" in proc.stderr
+        assert not is_mounted(target)
+        assert (target / "mine.txt").read_text() == "keep me visible\n"
+
+        expfs(mounted.repo, "mount", "e2", str(target), "--nonempty")
+        assert is_mounted(target)
+        assert (target / "README").read_text() == "seed\n"
+        assert not (target / "mine.txt").exists()
+    finally:
+        force_unmount(second, second.daemon_pid())
+    assert not is_mounted(target)
+    assert (target / "mine.txt").read_text() == "keep me visible\n"
