@@ -1,6 +1,6 @@
 """Restores over large outputs that were read: eviction waits for the reply.
 
-A graft replaces an output's name. The daemon holds the large files below
+A graft replaces an output's name. The daemon keeps the large files below
 it open across the invalidation and closes them after replying (see
 expfs/fuse/pins.py). These tests check that the restored content is what
 the kernel shows, that a reader of the old file keeps it, and that the

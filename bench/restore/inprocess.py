@@ -33,7 +33,7 @@ def time_create(root: str, name: str) -> dict[str, object]:
     """Time creating an experiment whose base is already snapshotted.
 
     The working tree is snapshotted first, untimed, as a sweep does once
-    for all its experiments; what is timed is the record, the workspace
+    for all its experiments. The clock covers the record, the workspace
     and the Git worktree.
     """
     from expfs.experiments import (

@@ -292,8 +292,14 @@ class Daemon:
         changed = self.workspace.graft(
             path, digest, None if mode is None else int(mode)
         )
-        held = await self._invalidate_replaced(changed)
-        log.info("grafted %s at %s in %s%s", digest, os.fsdecode(path), self.name, held)
+        eviction_note = await self._invalidate_replaced(changed)
+        log.info(
+            "grafted %s at %s in %s%s",
+            digest,
+            os.fsdecode(path),
+            self.name,
+            eviction_note,
+        )
         return None
 
     def _resolve(self, name: str) -> Any:
@@ -307,8 +313,8 @@ class Daemon:
     async def _remove_path(self, request: dict[str, Any]) -> Any:
         path = _workspace_path(request["path"])
         changed = self.workspace.remove_path(path)
-        held = await self._invalidate_replaced(changed)
-        log.info("removed %s from %s%s", os.fsdecode(path), self.name, held)
+        eviction_note = await self._invalidate_replaced(changed)
+        log.info("removed %s from %s%s", os.fsdecode(path), self.name, eviction_note)
         return None
 
     async def _invalidate_replaced(self, changed: list[tuple[int, bytes, int]]) -> str:
@@ -321,17 +327,17 @@ class Daemon:
         freeing their cached pages does not delay the caller (see pins.py).
         """
         pins = self.ops.pins
-        held = await pins.hold([old for _parent, _name, old in changed if old])
+        held_fds = await pins.hold([old for _parent, _name, old in changed if old])
         try:
             await self.ops.invalidate(changed)
         finally:
-            if held and self.nursery is not None:
-                self.nursery.start_soon(pins.release, held)
-            elif held:
-                await pins.release(held)
-        if not held:
+            if held_fds and self.nursery is not None:
+                self.nursery.start_soon(pins.release, held_fds)
+            elif held_fds:
+                await pins.release(held_fds)
+        if not held_fds:
             return ""
-        return f" (evicting {plural(len(held), 'large file')} after the reply)"
+        return f" (evicting {plural(len(held_fds), 'large file')} after the reply)"
 
     async def _stop(self, request: dict[str, Any]) -> Any:
         log.info("stop requested over the control socket")

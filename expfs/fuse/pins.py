@@ -2,10 +2,9 @@
 
 FUSE drops an inode from the kernel as soon as the kernel's last reference
 to it goes; a disk file system would keep it cached. Invalidating the name
-of a replaced output drops that reference, so the kernel evicts the old
-inode and frees its cached pages inside the invalidation call, which the
-graft's caller waits for: 0.5 s for a 10 GiB file that had been read in
-full.
+of a replaced output drops that reference. The kernel then evicts the old
+inode and frees its cached pages inside the invalidation call, and the
+graft's caller waits for that: 0.5 s for a 10 GiB file read in full.
 
 `Pins` avoids that. It tracks the names the kernel knows and the files with
 more than `PIN_MIN_BYTES` read or written through the mount. Before the

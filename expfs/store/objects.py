@@ -77,9 +77,9 @@ def hash_file(path: str | bytes) -> Digest:
 def _feed_sparse(hasher: blake3.blake3, fd: int, size: int) -> None:
     """Hash a file with holes: data read in chunks, holes as zeros in memory.
 
-    Mapping a hole page by page costs a page fault per 4 KiB, which made
-    hashing a 4 GiB sparse file take 1 to 7 s here; zeros from memory take
-    a tenth of that.
+    Mapping a hole costs a page fault per 4 KiB: hashing a 4 GiB sparse
+    file that way took 1 to 7 s here. Zeros from memory take a tenth of
+    that.
     """
     zeros = memoryview(bytes(SPARSE_CHUNK_BYTES))
     offset = 0
@@ -190,7 +190,7 @@ def copy_data_extents(src_fd: int, dst_fd: int, size: int) -> None:
     os.ftruncate(dst_fd, size)
 
 
-# What copy_file_range raises when it cannot copy between these two files.
+# Errors of copy_file_range that mean it cannot copy between the two files.
 _NO_KERNEL_COPY = {errno.EXDEV, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
 
 
