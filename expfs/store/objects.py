@@ -365,6 +365,9 @@ class Store:
                 except BaseException:
                     os.unlink(temp)
                     raise
+            # The kernel copy's lseeks (SEEK_DATA, SEEK_HOLE) moved the file
+            # position; the one-pass copy reads from the current position.
+            src.seek(0)
             hasher = new_hasher(size)
             with open(temp, "xb") as dst:
                 try:

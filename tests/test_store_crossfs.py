@@ -1,0 +1,74 @@
+"""Storing files from a filesystem the kernel cannot copy from.
+
+copy_file_range fails with EXDEV between filesystems of different types
+(ext4 and tmpfs here). The store then falls back to reading the file; the
+kernel copy's attempt must not change the bytes that read returns.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from expfs.store.objects import KERNEL_COPY_MIN_BYTES, Store, hash_file
+
+
+@pytest.fixture
+def other_fs(tmp_path: Path) -> Iterator[Path]:
+    """A tmpfs mounted in the test's folder, unmounted afterwards."""
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("needs root and mount(8) to mount a tmpfs")
+    point = tmp_path / "tmpfs"
+    point.mkdir()
+    proc = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(point)],
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {proc.stderr.strip()}")
+    try:
+        yield point
+    finally:
+        subprocess.run(["umount", str(point)], check=False)
+
+
+def kernel_copy_fails(source: Path, store: Store) -> bool:
+    probe = os.path.join(store.tmp_dir, "probe")
+    with open(source, "rb") as src, open(probe, "wb") as dst:
+        try:
+            os.copy_file_range(src.fileno(), dst.fileno(), 1, 0, 0)
+        except OSError:
+            return True
+        finally:
+            os.unlink(probe)
+    return False
+
+
+@pytest.mark.parametrize(
+    "layout", ["dense", "hole first", "hole last"], ids=lambda s: s.replace(" ", "-")
+)
+def test_file_from_other_filesystem_stored_whole(
+    store: Store, other_fs: Path, layout: str
+) -> None:
+    source = other_fs / "big.bin"
+    size = 3 * KERNEL_COPY_MIN_BYTES + 4097
+    with open(source, "wb") as f:
+        if layout == "hole first":
+            f.seek(KERNEL_COPY_MIN_BYTES + 11)
+        f.write(os.urandom(KERNEL_COPY_MIN_BYTES + 5))
+        f.truncate(size)
+        if layout != "hole last":
+            f.seek(size - 3)
+            f.write(b"end")
+    if not kernel_copy_fails(source, store):
+        pytest.skip("copy_file_range works from tmpfs to the store here")
+    digest = store.put_file(str(source))
+    assert digest == hash_file(str(source))
+    assert os.path.getsize(store.blob_path(digest)) == size
+    assert hash_file(store.blob_path(digest)) == digest
