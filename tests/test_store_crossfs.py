@@ -7,15 +7,25 @@ kernel copy's attempt must not change the bytes that read returns.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from expfs.store.objects import KERNEL_COPY_MIN_BYTES, Store, hash_file
+
+EXPFS = [sys.executable, "-m", "expfs"]
+
+
+def expfs(cwd: Path, *args: str) -> bytes:
+    proc = subprocess.run([*EXPFS, *args], cwd=cwd, capture_output=True)
+    assert proc.returncode == 0, f"expfs {' '.join(args)} failed: {proc.stderr!r}"
+    return proc.stdout
 
 
 @pytest.fixture
@@ -93,3 +103,32 @@ def test_blob_restored_to_other_filesystem(store: Store, other_fs: Path) -> None
     assert hash_file(str(dest)) == digest
     assert dest.stat().st_size == size
     assert dest.stat().st_mode & 0o777 == 0o640
+
+
+@pytest.fixture
+def mounted(repo: Path) -> Iterator[Path]:
+    if not os.path.exists("/dev/fuse") or shutil.which("fusermount3") is None:
+        pytest.skip("needs /dev/fuse and fusermount3 (apt-get install fuse3)")
+    expfs(repo, "init")
+    expfs(repo, "exp", "new", "e1")
+    mountpoint = repo / ".expfs" / "mnt" / "e1"
+    try:
+        expfs(repo, "mount", "e1")
+        yield mountpoint
+    finally:
+        subprocess.run([*EXPFS, "umount", "e1"], cwd=repo, capture_output=True)
+        if os.path.ismount(mountpoint):
+            subprocess.run(["fusermount3", "-uz", str(mountpoint)], check=False)
+
+
+@pytest.mark.fuse
+def test_snapshot_of_file_in_mount(mounted: Path, repo: Path) -> None:
+    """A file read through FUSE cannot be copied to ext4 by copy_file_range."""
+    data = os.urandom(3 * KERNEL_COPY_MIN_BYTES)
+    (mounted / "big.bin").write_bytes(data)
+    digest = expfs(repo, "snapshot", str(mounted / "big.bin")).decode().strip()
+    stored = expfs(repo, "cat", digest)
+    assert len(stored) == len(data)
+    assert hashlib.sha256(stored).digest() == hashlib.sha256(data).digest()
+    report = expfs(repo, "fsck").decode()
+    assert " 0 problems" in report
