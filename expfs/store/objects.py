@@ -194,7 +194,7 @@ def copy_data_extents(src_fd: int, dst_fd: int, size: int) -> None:
 _NO_KERNEL_COPY = {errno.EXDEV, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
 
 
-def _kernel_copy(src_fd: int, temp: str, size: int) -> bool:
+def _kernel_copy(src_fd: int, temp: str | bytes, size: int) -> bool:
     """Copy `size` bytes of `src_fd` to a new file `temp` in the kernel.
 
     Returns False, leaving no file behind, when the kernel cannot copy
@@ -365,6 +365,9 @@ class Store:
                 except BaseException:
                     os.unlink(temp)
                     raise
+            # The kernel copy's lseeks (SEEK_DATA, SEEK_HOLE) moved the file
+            # position; the one-pass copy reads from the current position.
+            src.seek(0)
             hasher = new_hasher(size)
             with open(temp, "xb") as dst:
                 try:
@@ -468,16 +471,16 @@ class Store:
                 # Verify first (or trust the blob's verification mark), then
                 # let the kernel copy only the data extents, so holes stay holes.
                 self.check_blob(digest, os.fstat(src.fileno()))
-                fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                try:
-                    copy_data_extents(src.fileno(), fd, size)
-                    os.fchmod(fd, mode)
-                except BaseException:
-                    os.close(fd)
-                    os.unlink(dest)
-                    raise
-                os.close(fd)
-                return
+                if _kernel_copy(src.fileno(), dest, size):
+                    try:
+                        os.chmod(dest, mode)
+                    except BaseException:
+                        os.unlink(dest)
+                        raise
+                    return
+                # `dest` is on a filesystem the kernel cannot copy to (a
+                # tmpfs from ext4): copy in one pass from the start.
+                src.seek(0)
             hasher = new_hasher(size)
             fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             try:
