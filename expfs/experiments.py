@@ -501,8 +501,28 @@ def _stage_working_tree(repo: str, index: str) -> None:
         shutil.copyfile(user_index, index)
     else:
         _git(repo, "read-tree", "HEAD", env={"GIT_INDEX_FILE": index})
-    excluded = [f":(exclude,literal){p}" for p in _untracked_outputs(repo, index)]
+    untracked = _untracked_outputs(repo, index)
+    # `git add` fails when a pathspec names an ignored path, even one that
+    # excludes it; ignored outputs stay out of the index without one.
+    ignored = _ignored(repo, untracked, index)
+    excluded = [f":(exclude,literal){p}" for p in untracked if p not in ignored]
     _git(repo, "add", "-A", "--", ".", *excluded, env={"GIT_INDEX_FILE": index})
+
+
+def _ignored(repo: str, paths: list[str], index: str) -> set[str]:
+    """Return which of `paths` Git ignores, given the index file `index`."""
+    if not paths:
+        return set()
+    proc = subprocess.run(
+        ["git", "-C", repo, "check-ignore", "-z", "--stdin"],
+        input="\0".join(paths) + "\0",
+        capture_output=True,
+        text=True,
+        env={**os.environ, "GIT_INDEX_FILE": index},
+    )
+    if proc.returncode not in (0, 1):  # 1: none of them is ignored
+        raise ExpfsError(f"git check-ignore failed in {repo}: {proc.stderr.strip()}")
+    return {p for p in proc.stdout.split("\0") if p}
 
 
 def _untracked_outputs(repo: str, index: str) -> list[str]:

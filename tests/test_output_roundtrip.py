@@ -383,3 +383,20 @@ def test_read_only_folders_removed(store: Store) -> None:
             if path.is_dir() and not path.is_symlink():
                 path.chmod(0o700)
         shutil.rmtree(folder)
+
+
+@pytest.mark.parametrize("pattern", ["out", "/out/", "out/"])
+def test_experiment_from_checkout_with_ignored_output(
+    repo: Path, pattern: str
+) -> None:
+    """DVC's own layout: the outputs exist in the checkout and Git ignores them."""
+    write_project(repo)
+    (repo / ".gitignore").write_text(f"runs.log\n{pattern}\n")
+    git(repo, "add", "dvc.yaml", "make.py", "params.yaml", ".gitignore")
+    git(repo, "commit", "-qm", "pipeline")
+    expfs(repo, "init")
+    expfs(repo, "repro")
+    assert (repo / "out").is_dir()
+    expfs(repo, "exp", "new", "e1")
+    listed = expfs(repo, "exp", "list")
+    assert "e1" in listed
