@@ -386,9 +386,7 @@ def test_read_only_folders_removed(store: Store) -> None:
 
 
 @pytest.mark.parametrize("pattern", ["out", "/out/", "out/"])
-def test_experiment_from_checkout_with_ignored_output(
-    repo: Path, pattern: str
-) -> None:
+def test_experiment_from_checkout_with_ignored_output(repo: Path, pattern: str) -> None:
     """DVC's own layout: the outputs exist in the checkout and Git ignores them."""
     write_project(repo)
     (repo / ".gitignore").write_text(f"runs.log\n{pattern}\n")
