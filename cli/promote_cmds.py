@@ -214,10 +214,10 @@ def cmd_promote(args: argparse.Namespace) -> int:
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
+    from expfs.busy import workspace_lock
     from expfs.errors import UsageError
     from expfs.experiments import reject_in_workspace
     from expfs.gitio import apply, undo_apply
-    from expfs.repro.busy import workspace_lock
 
     reject_in_workspace("exp apply", ".", action="writes into")
     store = _store()
@@ -246,9 +246,9 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
 
 def cmd_checkout(args: argparse.Namespace) -> int:
+    from expfs.busy import checkout_state_dir, workspace_lock
     from expfs.errors import ExpfsError
     from expfs.gitio import checkout, store_for_worktree
-    from expfs.repro.busy import checkout_state_dir, workspace_lock
 
     link_types = None
     if args.link is not None:

@@ -197,8 +197,8 @@ def split_targets(targets: list[str], stage_file: str) -> tuple[str, list[str]]:
 
 
 def cmd_repro(args: argparse.Namespace) -> int:
+    from expfs.busy import WorkspaceBusy
     from expfs.errors import ExpfsError, UsageError
-    from expfs.repro.busy import WorkspaceBusy
     from expfs.repro.engine import StageStopped
     from expfs_cli.signals import exit_status, signal_of, stop_on_signals
 
@@ -279,9 +279,9 @@ def _report_no_stages(stage_file: str) -> None:
 def cmd_unprotect(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from expfs.busy import workspace_lock
     from expfs.errors import UsageError
     from expfs.pipeline import load_pipeline
-    from expfs.repro.busy import workspace_lock
     from expfs.repro.checkout import check_unprotect_paths, unprotect
     from expfs.repro.place import place_for
     from expfs.store.repo import store_for

@@ -388,10 +388,10 @@ def hold_workspace(store: Store, name: str) -> contextlib.AbstractContextManager
 
     `repro`, `unprotect` and a stage they started hold it while they write
     there, so a command that would replace or read the whole workspace
-    fails at once, naming them, instead (see `expfs.repro.busy`).
+    fails at once, naming them, instead (see `expfs.busy`).
     """
+    from expfs.busy import workspace_lock
     from expfs.fuse.control import mount_status
-    from expfs.repro.busy import workspace_lock
     from expfs.workspace import Workspace
 
     folder = Workspace.folder_of(store, name)

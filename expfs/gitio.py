@@ -41,11 +41,11 @@ from typing import Any
 
 import yaml
 
+from expfs.busy import checkout_state_dir, workspace_lock
 from expfs.errors import ExpfsError, MissingObject, StoreNotFound, UsageError
 from expfs.experiments import Experiment, get_experiment, repo_root
 from expfs.refnames import ref_name_problem
 from expfs.remote.lazy import ensure_local
-from expfs.repro.busy import checkout_state_dir, workspace_lock
 from expfs.repro.checkout import CheckoutWriter, configured_link_types, remove_path
 from expfs.repro.lockfile import LOCK_NAME, LockedStage
 from expfs.runcache import OutputRecord

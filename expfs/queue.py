@@ -20,9 +20,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TextIO
 
+from expfs.busy import exclusive_lock, read_holder
 from expfs.errors import ExpfsError
 from expfs.experiments import Experiment, list_experiments
-from expfs.repro.busy import exclusive_lock, read_holder
 from expfs.store import layout
 from expfs.store.objects import Store
 from expfs.sweep import (

@@ -1,4 +1,4 @@
-"""Promote, pull and remove respect the workspace lock of `expfs.repro.busy`.
+"""Promote, pull and remove respect the workspace lock of `expfs.busy`.
 
 A process that holds an experiment's workspace lock (a repro, or a stage
 it left running) makes `exp promote --current`, `exp remove` and a `pull`
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.fuse
 
 HOLDER = """\
 import sys
-from expfs.repro.busy import workspace_lock
+from expfs.busy import workspace_lock
 
 with workspace_lock(sys.argv[1], sys.argv[1], command="lock-holder-for-test"):
     print("held", flush=True)

@@ -26,12 +26,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from expfs.busy import workspace_lock
 from expfs.errors import ExpfsError, UsageError
 from expfs.pipeline import Pipeline, Stage, build_dag, load_pipeline
 from expfs.pipeline.params import read_stage_params
 from expfs.pipeline.paths import check_inside, is_within
 from expfs.pipeline.runkey import stage_run_key
-from expfs.repro.busy import workspace_lock
 from expfs.repro.lockfile import LOCK_NAME, LockedStage, LockFile
 from expfs.repro.place import Place
 from expfs.runcache import LOG_TAIL_CHARS, OutputRecord, RunCache, RunRecord

@@ -13,7 +13,7 @@ Folders under the store root (`<repo>/.expfs/`):
                       and `expfs fsck` removes those older than a day
     workspaces/NAME/  one experiment's own LMDB environment and upper files,
                       and repro.lock, which a command writing in its mount
-                      holds with flock (see `expfs.repro.busy`)
+                      holds with flock (see `expfs.busy`)
     repro.lock        the same lock for the checkout itself
     run/              control sockets of running daemons (mode 0700)
     logs/             one log file per daemon
