@@ -6,8 +6,8 @@ of a replaced output drops that reference. The kernel then evicts the old
 inode and frees its cached pages inside the invalidation call, and the
 graft's caller waits for that: 0.5 s for a 10 GiB file read in full.
 
-`Pins` avoids that. It tracks the names the kernel knows and the files with
-more than `PIN_MIN_BYTES` read or written through the mount. Before the
+`Pins` avoids that. It tracks the names the kernel knows and the files read or
+written through the mount up to at least `PIN_MIN_BYTES`. Before the
 daemon invalidates replaced names, it opens those large files below them
 with O_PATH, which holds the inode without a FUSE open. It closes them
 after it has replied, in a worker thread, so the eviction happens there.
@@ -24,7 +24,7 @@ from expfs.workspace.inodes import ROOT_INO
 
 log = logging.getLogger(__name__)
 
-# Dropping the pages of a smaller file costs microseconds, not worth an open.
+# Dropping the pages of a smaller file costs less than the open would.
 PIN_MIN_BYTES = 1 << 20
 # Deeper name chains than this are treated as unknown.
 MAX_DEPTH = 4096
