@@ -24,7 +24,7 @@ from expfs.workspace.inodes import ROOT_INO
 
 log = logging.getLogger(__name__)
 
-# Dropping the pages of a smaller file costs less than the open would.
+# A smaller file has few pages to drop, too few to be worth an open.
 PIN_MIN_BYTES = 1 << 20
 # Deeper name chains than this are treated as unknown.
 MAX_DEPTH = 4096
