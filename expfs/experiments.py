@@ -110,7 +110,7 @@ def reject_in_workspace(
 ) -> None:
     """Raise UsageError when `cwd` is in a mounted experiment's workspace.
 
-    `command` works on the project's checkout (`action` says how), whatever
+    `command` works on the project's checkout (`action` names what it does there), whatever
     folder it runs in, so run inside a workspace it would silently ignore
     the files the user sees there, or change others.
     """

@@ -2,7 +2,7 @@
 
 `expfs queue start` holds an flock on `.expfs/run/queue.lock` while it
 runs, so a second one fails at once, naming the first, before it reads
-or changes any experiment. `expfs queue stop` asks the runner
+or changes any experiment. `expfs queue stop` requests the runner
 to stop by writing `.expfs/run/queue.stop`: the runner stops the
 experiments it is running (they are recorded as stopped), starts no more,
 leaves the rest queued and exits. The kernel releases the lock when the

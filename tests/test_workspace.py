@@ -480,9 +480,7 @@ def test_upper_file_hashed_once_until_written(
     assert len(stores) == 2
 
 
-def test_upper_file_stored_again_when_its_blob_is_gone(
-    ws: Workspace, store: Store
-) -> None:
+def test_upper_file_restored_after_blob_loss(ws: Workspace, store: Store) -> None:
     ino = lookup(ws, b"data.bin")
     write_at(ws, ino, 0, b"changed")
     ws.snapshot()

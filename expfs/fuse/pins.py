@@ -6,7 +6,7 @@ of a replaced output drops that reference. The kernel then evicts the old
 inode and frees its cached pages inside the invalidation call, and the
 graft's caller waits for that: 0.5 s for a 10 GiB file read in full.
 
-`Pins` avoids that. It tracks the names the kernel knows and the files read or
+`Pins` avoids that. It tracks the names the kernel has looked up and the files read or
 written through the mount up to at least `PIN_MIN_BYTES`. Before the
 daemon invalidates replaced names, it opens those large files below them
 with O_PATH, which holds the inode without a FUSE open. It closes them
