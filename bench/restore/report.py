@@ -455,6 +455,8 @@ def render(record: dict[str, Any], plots: list[Path], results_path: Path) -> str
         f"{config['reps']} run(s) after {config['warmups']} warm-up run(s), with min and max"
         f"{large_note(record)}. "
         "Tools run one after another inside each run, and every ratio is taken between two tools of the same run, then its median shown. "
+        "Each pipeline tool first restores variant A, then the tiny variant B, untimed, so its timed restore of A replaces its own output: "
+        "tools of one program share a repository, and a copy that follows another tool's links needs fresh memory, which on this virtual machine took up to 12 s per GiB. "
         "Every restore is checked against the original output (BLAKE3 of each file, following links; paths; permission bits) before its time counts, and a stage whose command runs instead of being restored fails the tool.",
         "",
         f"Machine: {machine['cores']} cores ({machine['cpu']}), {machine['memory']} RAM, {machine['filesystem']}, "
