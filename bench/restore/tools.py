@@ -194,16 +194,16 @@ class PipelineTool(RestoreTool):
             raise ToolFailed(f"{self.label}: the stage's command ran during a restore")
 
     def measure(self, expected: Manifest) -> Sample:
-        """Time a restore of variant A that replaces this tool's own variant A.
+        """Time a restore of variant A that replaces this tool's own copy of A.
 
-        The checkout tools of one program share a repository, so before
-        its untimed flips `out` holds what the tool before wrote, perhaps
-        links that free no memory when removed. A copy restore then needs
-        a fresh gigabyte of page cache. On this virtual machine that took
-        up to 12 s, against 0.35 s when the pages of the tool's own
-        earlier copy had just been freed: writing once to each page of
-        12 GiB of fresh memory took 78 s here, as if the host supplied
-        each page at its first touch.
+        The checkout tools of one program share a repository, so `out`
+        first contains what the previous tool wrote, perhaps links whose
+        removal frees no memory. A copy restore then needs a fresh
+        gigabyte of page cache. On this virtual machine that took up to
+        12 s, against 0.35 s when the tool's own earlier copy had just
+        been freed. Writing once to each page of 12 GiB of fresh memory
+        took 78 s here, so the host seems to supply each page at its first
+        touch (an estimate from that one measurement).
         Restoring A once with this tool first makes every tool's timed
         restore replace its own earlier output, as a user flipping a
         param back and forth with one link type does.
