@@ -17,7 +17,7 @@ from typing import BinaryIO
 
 import blake3
 
-from expfs.errors import CorruptObject, MissingObject, UnknownDigest
+from expfs.errors import CorruptObject, MissingObject, SnapshotError, UnknownDigest
 from expfs.store import layout
 from expfs.store.lmdbenv import Environment
 from expfs.store.trees import (
@@ -217,6 +217,24 @@ def _kernel_copy(src_fd: int, temp: str | bytes, size: int) -> bool:
     return True
 
 
+def _check_unchanged(
+    path: str | bytes, before: os.stat_result, after: os.stat_result
+) -> None:
+    """Raise SnapshotError if a file's size or mtime changed while it was copied.
+
+    The kernel copy pads a file that shrank to the size it had at the
+    start, and a one-pass copy may mix old and new bytes, so such a copy
+    must not enter the store. A write that keeps the size within one
+    timestamp tick is not seen here.
+    """
+    if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
+        raise SnapshotError(
+            f"{os.fsdecode(path)} changed while it was being stored (size "
+            f"{before.st_size:,} then {after.st_size:,} bytes): stop whatever "
+            "is writing to it and try again"
+        )
+
+
 def fsync_dir(path: str) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -358,9 +376,11 @@ class Store:
         """
         temp = self._temp_path()
         with open(path, "rb") as src:
-            size = os.fstat(src.fileno()).st_size
+            before = os.fstat(src.fileno())
+            size = before.st_size
             if size >= KERNEL_COPY_MIN_BYTES and _kernel_copy(src.fileno(), temp, size):
                 try:
+                    _check_unchanged(path, before, os.fstat(src.fileno()))
                     return temp, hash_file(temp), os.stat(temp).st_size
                 except BaseException:
                     os.unlink(temp)
@@ -372,6 +392,7 @@ class Store:
             with open(temp, "xb") as dst:
                 try:
                     size = copy_sparse_hashing(src, dst, hasher)
+                    _check_unchanged(path, before, os.fstat(src.fileno()))
                 except BaseException:
                     os.unlink(temp)
                     raise
