@@ -95,3 +95,14 @@ def test_fsck_clean_after_mount_repro(mounted: Path, repo: Path) -> None:
     expfs(mounted, "repro")
     proc = subprocess.run([*EXPFS, "fsck"], cwd=repo, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout
+
+
+@pytest.mark.parametrize("op", ["digest_of", "remove_path"])
+def test_control_missing_path_named(mounted: Path, repo: Path, op: str) -> None:
+    from expfs.fuse.control import ControlClient, ControlError
+
+    with ControlClient(str(repo / ".expfs"), "e1") as client:
+        with pytest.raises(ControlError) as raised:
+            client.call(op, path="no/such/file")
+    assert "internal error" not in str(raised.value)
+    assert "no/such/file not found in workspace e1" in str(raised.value)

@@ -293,8 +293,9 @@ class ControlServer:
     """Serves the control protocol on a Unix socket with one handler per op.
 
     A handler is an async function that takes the request and returns a
-    JSON-serializable result. The message of an `ExpfsError`, `OSError`,
-    `KeyError` or `ValueError` it raises is sent back as the error. Any
+    JSON-serializable result. The message of an `ExpfsError`,
+    `WorkspaceError` (a path not found), `OSError`, `KeyError` or
+    `ValueError` it raises is sent back as the error. Any
     other exception is logged and reported as an internal error, and the
     daemon keeps serving.
     """
@@ -364,6 +365,9 @@ class ControlServer:
                             self.after_stop()
 
     async def _answer(self, line: bytes) -> dict[str, Any]:
+        # Imported here: the CLI imports this module without the workspace.
+        from expfs.workspace.errors import WorkspaceError
+
         started = time.monotonic()
         try:
             request = json.loads(line)
@@ -374,7 +378,7 @@ class ControlServer:
             return {"ok": False, "error": f"malformed request {line[:200]!r}"}
         try:
             result = await handler(request)
-        except (ExpfsError, OSError, KeyError, ValueError) as exc:
+        except (ExpfsError, WorkspaceError, OSError, KeyError, ValueError) as exc:
             log.warning("control request %s failed: %s", op, exc)
             return {"ok": False, "error": str(exc)}
         except Exception:

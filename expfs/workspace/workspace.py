@@ -474,7 +474,9 @@ class Workspace:
         for part in split_path(path):
             found = self.child(node, part)
             if found is None:
-                raise NotFound(f"{path!r} not found in workspace {self.name}")
+                raise NotFound(
+                    f"{os.fsdecode(path)} not found in workspace {self.name}"
+                )
             node = found
         return node
 
@@ -1225,13 +1227,17 @@ class Workspace:
         parts = split_path(path)
         if not parts:
             raise InvalidArgument("cannot remove the workspace root")
-        parent = self.resolve(b"/".join(parts[:-1]))
+        missing = NotFound(f"{os.fsdecode(path)} not found in workspace {self.name}")
+        try:
+            parent = self.resolve(b"/".join(parts[:-1]))
+        except NotFound:
+            raise missing from None
         if not parent.record.is_dir:
             raise NotADirectory(f"{path!r}: a parent is not a directory")
         name = parts[-1]
         node = self.child(parent, name)
         if node is None:
-            raise NotFound(f"{path!r} not found in workspace {self.name}")
+            raise missing
         batch = Batch()
         if node.record.is_dir:
             self._adjust_nlink(batch, parent, -1)
