@@ -81,7 +81,10 @@ def register(sub: Any) -> None:
         dest="queue_command", metavar="COMMAND", required=True
     )
 
-    p = queue_sub.add_parser("start", help="run every queued experiment")
+    p = queue_sub.add_parser(
+        "start",
+        help="run every queued experiment, including those queued while it runs",
+    )
     p.add_argument(
         "-j",
         "--jobs",

@@ -82,6 +82,7 @@ def start_queue(
 ) -> list[Experiment]:
     """Run every queued experiment, oldest first, as the queue's only runner.
 
+    Experiments queued while it runs are run too, until none is left.
     Returns the experiments that were started. Those that `queue stop` or a
     signal kept from starting stay queued.
     """
@@ -89,10 +90,7 @@ def start_queue(
         # A request left by a `queue stop` that came after the last runner ended.
         _clear_stop_request(store)
         try:
-            queued = sorted(
-                (e for e in list_experiments(store) if e.status == STATUS_QUEUED),
-                key=lambda e: e.created,
-            )
+            scheduled: set[str] = set()
             flag = stop_path(store)
             runner = Runner(
                 store,
@@ -100,11 +98,26 @@ def start_queue(
                 echo=echo,
                 stop_requested=lambda: os.path.exists(flag),
                 keep_unstarted_queued=True,
+                more_names=lambda: _newly_queued(store, scheduled),
             )
-            finished = runner.run_all([e.name for e in queued])
+            finished = runner.run_all(_newly_queued(store, scheduled))
         finally:
             _clear_stop_request(store)
     return [e for e in finished if e.status != STATUS_QUEUED]
+
+
+def _newly_queued(store: Store, scheduled: set[str]) -> list[str]:
+    """Return queued experiments not in `scheduled`, oldest first, and add them to it."""
+    queued = sorted(
+        (
+            e
+            for e in list_experiments(store)
+            if e.status == STATUS_QUEUED and e.name not in scheduled
+        ),
+        key=lambda e: e.created,
+    )
+    scheduled.update(e.name for e in queued)
+    return [e.name for e in queued]
 
 
 @dataclass

@@ -55,6 +55,8 @@ STATUS_FAILED = "failed"
 STATUS_STOPPED = "stopped"
 # How often a running experiment checks for a stop request, in seconds.
 STOP_POLL_S = 0.2
+# How often the queue's runner looks for experiments queued while it runs.
+MORE_POLL_S = 1.0
 # A sweep larger than this is more likely a typo in a range than a plan.
 MAX_EXPERIMENTS = 1000
 # How long a sweep retries unmounting a workspace that is still busy.
@@ -422,6 +424,9 @@ class Runner:
     # Whether an experiment that a stop keeps from starting stays queued
     # (the queue: a later `queue start` runs it) or is marked stopped.
     keep_unstarted_queued: bool = False
+    # Polled while experiments run, at most every MORE_POLL_S: returns the
+    # names of experiments queued since, which are run too.
+    more_names: Callable[[], list[str]] | None = None
 
     def __post_init__(self) -> None:
         self.stop_event = self.stop_event or threading.Event()
@@ -455,15 +460,26 @@ class Runner:
             self.launcher.close()
             self.launcher = None
 
-    def _run_all(self, names: Sequence[str]) -> list[Experiment]:
+    def _run_all(self, first: Sequence[str]) -> list[Experiment]:
         assert self.stop_event is not None
+        names = list(first)
         display = self._live_display()
         with display, ThreadPoolExecutor(max_workers=max(1, self.jobs)) as pool:
             futures = [pool.submit(self._run_when_created, name) for name in names]
             try:
                 pending = set(futures)
+                next_poll = time.monotonic() + MORE_POLL_S
                 while pending:
                     _, pending = wait(pending, timeout=STOP_POLL_S)
+                    # Polled at once when the last one ends, so none is missed.
+                    if not pending or time.monotonic() >= next_poll:
+                        next_poll = time.monotonic() + MORE_POLL_S
+                        for name in self._more_names():
+                            self.rows[name] = Row()
+                            future = pool.submit(self._run_when_created, name)
+                            names.append(name)
+                            futures.append(future)
+                            pending.add(future)
                     if self.live:
                         display.update(self.render())
             except KeyboardInterrupt:
@@ -479,6 +495,12 @@ class Runner:
                 if self.live:
                     display.update(self.render())
         return [get_experiment(self.store, n) for n in names if self._created(n)]
+
+    def _more_names(self) -> list[str]:
+        """Return experiments queued since the run began; none once stopping."""
+        if self.more_names is None or self._stopping():
+            return []
+        return self.more_names()
 
     def _created(self, name: str) -> bool:
         event = None if self.creator is None else self.creator.created.get(name)

@@ -155,3 +155,27 @@ def test_signal_leaves_unstarted_queued(
     assert runner.returncode == 128 + signum
     assert statuses(queued) == {"d11": "stopped", "d12": "queued", "d13": "queued"}
     assert mounted_below(queued) == []
+
+
+def test_runner_picks_up_later_queued(queued: Path, tmp_path: Path) -> None:
+    counter = tmp_path / "counter.txt"
+    runner = start_runner(queued, counter, sleep_s="2")
+    try:
+        run(queued, "exp", "run", "--queue", "-n", "late", "-S", "depth=14")
+        out, err = runner.communicate(timeout=120)
+    finally:
+        end(runner)
+    assert runner.returncode == 0, err
+    assert "late: success" in out
+    assert statuses(queued) == {
+        "d11": "success",
+        "d12": "success",
+        "d13": "success",
+        "late": "success",
+    }
+    assert sorted(counter.read_text().splitlines()) == [
+        "0.1 11",
+        "0.1 12",
+        "0.1 13",
+        "0.1 14",
+    ]
