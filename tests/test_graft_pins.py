@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from mounting import mounted_experiment, skip_without_fuse
 
 from expfs.fuse.pins import PIN_MIN_BYTES, Pins
 from expfs.workspace.inodes import ROOT_INO
@@ -62,23 +62,15 @@ def digests(root: Path) -> dict[str, str]:
 
 @pytest.fixture
 def mounted(repo: Path) -> Iterator[Path]:
-    if not os.path.exists("/dev/fuse") or shutil.which("fusermount3") is None:
-        pytest.skip("needs /dev/fuse and fusermount3 (apt-get install fuse3)")
+    skip_without_fuse()
     (repo / "dvc.yaml").write_text(STAGE)
     (repo / "gen.py").write_text(GEN)
     (repo / "params.yaml").write_text("seed: 1\n")
     subprocess.run(["git", "-C", str(repo), "add", "-A"], check=True)
     subprocess.run(["git", "-C", str(repo), "commit", "-qm", "pipeline"], check=True)
     expfs(repo, "init")
-    expfs(repo, "exp", "new", "e1")
-    mountpoint = repo / ".expfs" / "mnt" / "e1"
-    try:
-        expfs(repo, "mount", "e1")
+    with mounted_experiment(repo) as mountpoint:
         yield mountpoint
-    finally:
-        subprocess.run([*EXPFS, "umount", "e1"], cwd=repo, capture_output=True)
-        if os.path.ismount(mountpoint):
-            subprocess.run(["fusermount3", "-uz", str(mountpoint)], check=False)
 
 
 @pytest.mark.fuse

@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from mounting import unmount
 
 from expfs.experiments import snapshot_base
 from expfs.repro.engine import Options, Repro
@@ -280,7 +281,7 @@ def test_mount_restore_matches_fresh_output(project: Path) -> None:
         assert "stage 'make': skipped" in expfs(mountpoint, "repro")
         assert (mountpoint / "runs.log").read_text().split() == ["make", "make"]
     finally:
-        subprocess.run([*EXPFS, "umount", "e1"], cwd=project, capture_output=True)
+        unmount(project, "e1", mountpoint)
 
 
 def restore_in_checkout(project: Path) -> None:
@@ -320,7 +321,7 @@ def test_experiment_runs_untracked_output(project: Path) -> None:
         assert mount_shape(mountpoint / "out") == fresh
         assert "stage 'make': skipped" in expfs(mountpoint, "repro")
     finally:
-        subprocess.run([*EXPFS, "umount", "new"], cwd=project, capture_output=True)
+        unmount(project, "new", mountpoint)
 
 
 # -- read-only folders -----------------------------------------------------------

@@ -25,6 +25,7 @@ from pathlib import Path
 import blake3
 import pytest
 import yaml
+from mounting import mounted_experiment
 
 from expfs.remote.config import RemoteConfig
 from expfs.remote.transfer import Remote, object_rel
@@ -171,15 +172,10 @@ def mount_clone(origin: Origin, folder: Path) -> Iterator[Path]:
     """Clone `origin` into `folder` and mount experiment e1; yield the mount point."""
     needs_fuse()
     clone = origin.clone(folder)
-    expfs(clone, "exp", "new", "e1")
-    mountpoint = clone / ".expfs" / "mnt" / "e1"
     try:
-        expfs(clone, "mount", "e1")
-        yield mountpoint
+        with mounted_experiment(clone) as mountpoint:
+            yield mountpoint
     finally:
-        subprocess.run([*EXPFS, "umount", "e1"], cwd=clone, capture_output=True)
-        if os.path.ismount(mountpoint):
-            subprocess.run(["fusermount3", "-uz", str(mountpoint)], check=False)
         shutil.rmtree(clone, ignore_errors=True)
 
 

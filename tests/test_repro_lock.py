@@ -8,15 +8,14 @@ it, and a killed repro leaves no lock behind.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from mounting import mounted_experiment
 from waiting_stage import (
-    EXPFS,
     end_stage,
     finish,
     read_pid,
@@ -170,19 +169,11 @@ def test_orphaned_stage_keeps_workspace_busy(checkout: Path) -> None:
 @pytest.fixture
 def mounted(checkout: Path) -> Iterator[Path]:
     """Experiment e1 of `checkout`, mounted at its default mount point."""
-    if not os.path.exists("/dev/fuse") or shutil.which("fusermount3") is None:
-        pytest.skip("needs /dev/fuse and fusermount3 (apt-get install fuse3)")
-    assert run_expfs(checkout, "exp", "new", "e1").returncode == 0
-    mountpoint = checkout / ".expfs" / "mnt" / "e1"
-    try:
-        done = run_expfs(checkout, "mount", "e1")
-        assert done.returncode == 0, done.stderr
-        yield mountpoint
-    finally:
-        end_stage(mountpoint)
-        subprocess.run([*EXPFS, "umount", "e1"], cwd=checkout, capture_output=True)
-        if os.path.ismount(mountpoint):
-            subprocess.run(["fusermount3", "-uz", str(mountpoint)], check=False)
+    with mounted_experiment(checkout) as mountpoint:
+        try:
+            yield mountpoint
+        finally:
+            end_stage(mountpoint)
 
 
 @pytest.mark.fuse

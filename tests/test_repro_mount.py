@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from mounting import mounted_experiment, skip_without_fuse
 from sample_pipeline import SCRIPTS, THREE_STAGES
 
 pytestmark = pytest.mark.fuse
@@ -26,8 +26,7 @@ def expfs(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
 @pytest.fixture
 def mounted(repo: Path) -> Iterator[Path]:
     """A repository with the three-stage pipeline, as experiment e1 mounted."""
-    if not os.path.exists("/dev/fuse") or shutil.which("fusermount3") is None:
-        pytest.skip("needs /dev/fuse and fusermount3 (apt-get install fuse3)")
+    skip_without_fuse()
     import textwrap
 
     (repo / "dvc.yaml").write_text(THREE_STAGES)
@@ -37,15 +36,8 @@ def mounted(repo: Path) -> Iterator[Path]:
     subprocess.run(["git", "-C", str(repo), "add", "-A"], check=True)
     subprocess.run(["git", "-C", str(repo), "commit", "-qm", "pipeline"], check=True)
     expfs(repo, "init")
-    expfs(repo, "exp", "new", "e1")
-    mountpoint = repo / ".expfs" / "mnt" / "e1"
-    try:
-        expfs(repo, "mount", "e1")
+    with mounted_experiment(repo) as mountpoint:
         yield mountpoint
-    finally:
-        subprocess.run([*EXPFS, "umount", "e1"], cwd=repo, capture_output=True)
-        if os.path.ismount(mountpoint):
-            subprocess.run(["fusermount3", "-uz", str(mountpoint)], check=False)
 
 
 def set_lr(mount: Path, lr: float) -> None:

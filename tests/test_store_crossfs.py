@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from mounting import mounted_experiment, skip_without_fuse
 
 from expfs.store.objects import KERNEL_COPY_MIN_BYTES, Store, hash_file
 
@@ -107,18 +108,10 @@ def test_blob_restored_to_other_filesystem(store: Store, other_fs: Path) -> None
 
 @pytest.fixture
 def mounted(repo: Path) -> Iterator[Path]:
-    if not os.path.exists("/dev/fuse") or shutil.which("fusermount3") is None:
-        pytest.skip("needs /dev/fuse and fusermount3 (apt-get install fuse3)")
+    skip_without_fuse()
     expfs(repo, "init")
-    expfs(repo, "exp", "new", "e1")
-    mountpoint = repo / ".expfs" / "mnt" / "e1"
-    try:
-        expfs(repo, "mount", "e1")
+    with mounted_experiment(repo) as mountpoint:
         yield mountpoint
-    finally:
-        subprocess.run([*EXPFS, "umount", "e1"], cwd=repo, capture_output=True)
-        if os.path.ismount(mountpoint):
-            subprocess.run(["fusermount3", "-uz", str(mountpoint)], check=False)
 
 
 @pytest.mark.fuse

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from mounting import mounted_experiment, skip_without_fuse
 
 from expfs.fuse.control import ControlClient
 from expfs.store.objects import new_hasher
@@ -73,8 +74,7 @@ def unmount_loop(point: Path) -> None:
 @pytest.fixture
 def coarse_mount(coarse_fs: Path) -> Iterator[tuple[Path, Path]]:
     """(repository, mountpoint) of experiment e1, both on `coarse_fs`."""
-    if not os.path.exists("/dev/fuse") or shutil.which("fusermount3") is None:
-        pytest.skip("needs /dev/fuse and fusermount3 (apt-get install fuse3)")
+    skip_without_fuse()
     repo = coarse_fs / "repo"
     repo.mkdir()
     subprocess.run(["git", "-C", str(repo), "init", "-q"], check=True)
@@ -82,15 +82,8 @@ def coarse_mount(coarse_fs: Path) -> Iterator[tuple[Path, Path]]:
     subprocess.run(["git", "-C", str(repo), "add", "README"], check=True)
     subprocess.run(["git", "-C", str(repo), "commit", "-qm", "seed"], check=True)
     expfs(repo, "init")
-    expfs(repo, "exp", "new", "e1")
-    mountpoint = repo / ".expfs" / "mnt" / "e1"
-    try:
-        expfs(repo, "mount", "e1")
+    with mounted_experiment(repo) as mountpoint:
         yield repo, mountpoint
-    finally:
-        subprocess.run([*EXPFS, "umount", "e1"], cwd=repo, capture_output=True)
-        if os.path.ismount(mountpoint):
-            subprocess.run(["fusermount3", "-uz", str(mountpoint)], check=False)
 
 
 def rewrite(path: Path, data: bytes) -> None:
