@@ -18,6 +18,13 @@ import pytest
 from expfs.store import Store, init_store
 from expfs.store.lmdbenv import close_environment
 
+# A shell that starts a job in the background without job control (`cmd &`
+# in a script, nohup) makes it ignore SIGINT, and exec keeps that for every
+# child, so the tests that stop expfs with SIGINT would time out. Restore
+# the default for this process and the processes it starts.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
 
 @pytest.fixture(autouse=True, scope="session")
 def isolated_git(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
