@@ -18,10 +18,9 @@ import pytest
 from expfs.store import Store, init_store
 from expfs.store.lmdbenv import close_environment
 
-# A shell that starts a job in the background without job control (`cmd &`
-# in a script, nohup) makes it ignore SIGINT, and exec keeps that for every
-# child, so the tests that stop expfs with SIGINT would time out. Restore
-# the default for this process and the processes it starts.
+# A job that a script starts in the background (`cmd &`, nohup) ignores
+# SIGINT, and exec keeps that for every child. The tests that stop expfs
+# with SIGINT would then time out, so restore the default here.
 if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
