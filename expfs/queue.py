@@ -98,7 +98,7 @@ def start_queue(
                 echo=echo,
                 stop_requested=lambda: os.path.exists(flag),
                 keep_unstarted_queued=True,
-                more_names=lambda: _newly_queued(store, scheduled),
+                newly_queued=lambda: _newly_queued(store, scheduled),
             )
             finished = runner.run_all(_newly_queued(store, scheduled))
         finally:

@@ -424,9 +424,9 @@ class Runner:
     # Whether an experiment that a stop keeps from starting stays queued
     # (the queue: a later `queue start` runs it) or is marked stopped.
     keep_unstarted_queued: bool = False
-    # Polled while experiments run, at most every MORE_POLL_S: returns the
-    # names of experiments queued since, which are run too.
-    more_names: Callable[[], list[str]] | None = None
+    # A function polled while experiments run, at most every MORE_POLL_S.
+    # It returns the names of experiments queued since, which are run too.
+    newly_queued: Callable[[], list[str]] | None = None
 
     def __post_init__(self) -> None:
         self.stop_event = self.stop_event or threading.Event()
@@ -474,7 +474,7 @@ class Runner:
                     # Polled at once when the last one ends, so none is missed.
                     if not pending or time.monotonic() >= next_poll:
                         next_poll = time.monotonic() + MORE_POLL_S
-                        for name in self._more_names():
+                        for name in self._newly_queued():
                             self.rows[name] = Row()
                             future = pool.submit(self._run_when_created, name)
                             names.append(name)
@@ -496,11 +496,11 @@ class Runner:
                     display.update(self.render())
         return [get_experiment(self.store, n) for n in names if self._created(n)]
 
-    def _more_names(self) -> list[str]:
-        """Return experiments queued since the run began; none once stopping."""
-        if self.more_names is None or self._stopping():
+    def _newly_queued(self) -> list[str]:
+        """Return the experiments queued since the run began, or none once stopping."""
+        if self.newly_queued is None or self._stopping():
             return []
-        return self.more_names()
+        return self.newly_queued()
 
     def _created(self, name: str) -> bool:
         event = None if self.creator is None else self.creator.created.get(name)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,27 +21,30 @@ def stored_files(store: Store) -> list[str]:
     return blobs + os.listdir(store.tmp_dir)
 
 
-def shrink_after(real: Any, source: Path) -> Any:
-    """Wrap a copy function to truncate the source to half its size after it returns."""
+def change_after(real: Any, change: Callable[[], None]) -> Any:
+    """Wrap a copy function so that `change` alters the source after it returns."""
 
     def copy(*args: Any, **kwargs: Any) -> Any:
         result = real(*args, **kwargs)
-        os.truncate(source, source.stat().st_size // 2)
+        change()
         return result
 
     return copy
 
 
-def grow_after(real: Any, source: Path) -> Any:
-    """Wrap a copy function to append bytes to the source after it returns."""
+def shrink(source: Path) -> Callable[[], None]:
+    """Return a change that truncates `source` to half its size."""
+    return lambda: os.truncate(source, source.stat().st_size // 2)
 
-    def copy(*args: Any, **kwargs: Any) -> Any:
-        result = real(*args, **kwargs)
+
+def grow(source: Path) -> Callable[[], None]:
+    """Return a change that appends bytes to `source`."""
+
+    def append() -> None:
         with open(source, "ab") as f:
             f.write(b"appended while copying")
-        return result
 
-    return copy
+    return append
 
 
 def test_large_file_shrinking_rejected(
@@ -50,12 +54,13 @@ def test_large_file_shrinking_rejected(
     source.write_bytes(os.urandom(KERNEL_COPY_MIN_BYTES * 4))
     before = stored_files(store)
     monkeypatch.setattr(
-        objects, "_kernel_copy", shrink_after(objects._kernel_copy, source)
+        objects, "_kernel_copy", change_after(objects._kernel_copy, shrink(source))
     )
     with pytest.raises(SnapshotError) as raised:
         store.put_file(source)
     assert str(source) in str(raised.value)
     assert "changed while it was being stored" in str(raised.value)
+    assert "its size went from 4,194,304 to 2,097,152 bytes" in str(raised.value)
     assert stored_files(store) == before
 
 
@@ -68,7 +73,7 @@ def test_small_file_growing_rejected(
     monkeypatch.setattr(
         objects,
         "copy_sparse_hashing",
-        grow_after(objects.copy_sparse_hashing, source),
+        change_after(objects.copy_sparse_hashing, grow(source)),
     )
     with pytest.raises(SnapshotError) as raised:
         store.put_files([str(source)])
@@ -86,7 +91,7 @@ def test_folder_snapshot_file_shrinking(
     large.write_bytes(os.urandom(KERNEL_COPY_MIN_BYTES * 2))
     before = stored_files(store)
     monkeypatch.setattr(
-        objects, "_kernel_copy", shrink_after(objects._kernel_copy, large)
+        objects, "_kernel_copy", change_after(objects._kernel_copy, shrink(large))
     )
     with pytest.raises(SnapshotError) as raised:
         snapshot_path(store, folder)

@@ -227,12 +227,16 @@ def _check_unchanged(
     must not enter the store. A write that keeps the size within one
     timestamp tick is not seen here.
     """
-    if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
-        raise SnapshotError(
-            f"{os.fsdecode(path)} changed while it was being stored (size "
-            f"{before.st_size:,} then {after.st_size:,} bytes): stop whatever "
-            "is writing to it and try again"
-        )
+    if (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns):
+        return
+    if after.st_size != before.st_size:
+        change = f"its size went from {before.st_size:,} to {after.st_size:,} bytes"
+    else:
+        change = "its modification time changed"
+    raise SnapshotError(
+        f"{os.fsdecode(path)} changed while it was being stored ({change}): "
+        "stop whatever is writing to it and try again"
+    )
 
 
 def fsync_dir(path: str) -> None:
